@@ -1,0 +1,356 @@
+"""Reading and writing hierarchy files. Errors name the file and line.
+
+Formats (``format=`` names):
+
+- ``tree``: the hmc format of ``hierarchies/*.tree`` (see ``hierarchies/README.md``).
+- ``edges``: parent-child CSV/TSV, header ``parent,child`` (optional ``name`` column for the
+  child's display name).
+- ``paths``: path table CSV/TSV whose header names the levels; one row per root-to-node path,
+  ragged rows end in empty cells.
+- ``json``: networkx node-link JSON (``links`` or ``edges`` key).
+- ``nabirds``: NABirds' own ``classes.txt`` + ``hierarchy.txt`` (pass the folder or either file).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from hmc.hierarchy import VIRTUAL_ROOT, Hierarchy, HierarchyError, _check_tree
+
+FORMATS = ("tree", "edges", "paths", "json", "nabirds")
+MAGIC = "# hmc-hierarchy 1"
+NABIRDS_LEVELS = ("level_1", "level_2", "level_3", "level_4")
+
+
+def guess_format(path: Path) -> str:
+    """Format name from the file's name and first line."""
+    if path.is_dir():
+        if (path / "hierarchy.txt").is_file() and (path / "classes.txt").is_file():
+            return "nabirds"
+        raise HierarchyError(
+            f"{path}: a folder is read only as NABirds (classes.txt + hierarchy.txt)"
+        )
+    if path.name in ("hierarchy.txt", "classes.txt"):
+        return "nabirds"
+    suffix = path.suffix.lower()
+    if suffix == ".tree":
+        return "tree"
+    if suffix == ".json":
+        return "json"
+    if suffix in (".csv", ".tsv", ".txt"):
+        with open(path, encoding="utf-8") as f:
+            first = f.readline().strip()
+        if first.startswith(MAGIC):
+            return "tree"
+        header = [c.strip().lower() for c in _split(first, _delimiter(path, first))]
+        return "edges" if header[:2] == ["parent", "child"] else "paths"
+    raise HierarchyError(
+        f"{path}: unknown hierarchy format {suffix or '(no extension)'!r}; "
+        f"expected .tree, .csv, .tsv, .json or a NABirds folder (formats: {', '.join(FORMATS)})"
+    )
+
+
+def read_hierarchy(path: str | Path, format: str | None = None) -> Hierarchy:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"hierarchy file not found: {path}")
+    fmt = format or guess_format(path)
+    readers = {
+        "tree": _read_tree,
+        "edges": _read_edges,
+        "paths": _read_paths,
+        "json": _read_json,
+        "nabirds": _read_nabirds,
+    }
+    if fmt not in readers:
+        raise HierarchyError(f"{path}: unknown format {fmt!r}; expected one of {list(FORMATS)}")
+    return readers[fmt](path)
+
+
+def write_hierarchy(h: Hierarchy, path: str | Path, format: str | None = None) -> None:
+    path = Path(path)
+    fmt = format or ("json" if path.suffix.lower() == ".json" else "tree")
+    if fmt == "json":
+        data = nx.node_link_data(h.to_networkx(), edges="links")
+        path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    elif fmt == "tree":
+        path.write_text(format_tree(h), encoding="utf-8")
+    else:
+        raise HierarchyError(f"cannot write format {fmt!r}; write 'tree' or 'json'")
+
+
+# ------------------------------------------------------------------ hmc .tree format
+def _encode_value(key: str, value: Any) -> str:
+    if isinstance(value, str) and "\t" not in value and "\n" not in value:
+        return f"{key}={value}"
+    return f"{key}:={json.dumps(value, ensure_ascii=False)}"
+
+
+def format_tree(h: Hierarchy) -> str:
+    """The hmc ``.tree`` text of ``h``: metadata lines, then one node per line, parents first."""
+    out = [MAGIC]
+    for key, value in h.metadata.items():
+        if isinstance(value, str) and "\t" not in value and "\n" not in value:
+            out.append(f"@{key}\t{value}")
+        else:
+            out.append(f"@{key}:=\t{json.dumps(value, ensure_ascii=False)}")
+    out.append("@levels\t" + "\t".join(h.level_names))
+    out.append("# id\tparent\tname\tattributes (key=value, or key:=json)")
+    rows = []
+    if h.root != VIRTUAL_ROOT or len(h.children()) == 1:
+        rows.append((h.root, "", h.name(h.root), h.attributes(h.root)))
+    for n in h.nodes:
+        parent = h.parent(n)
+        rows.append((n, "" if parent == VIRTUAL_ROOT else parent, h.name(n), h.attributes(n)))
+    for node, parent, name, attrs in rows:
+        for field in (node, parent, name):
+            if "\t" in field or "\n" in field:
+                raise HierarchyError(
+                    f"node {node!r}: ids and names cannot contain tabs or newlines"
+                )
+        cells = [node, parent, name] + [_encode_value(k, v) for k, v in attrs.items()]
+        out.append("\t".join(cells))
+    return "\n".join(out) + "\n"
+
+
+def _read_tree(path: Path) -> Hierarchy:
+    text = path.read_text(encoding="utf-8")
+    return parse_tree(text, source=str(path))
+
+
+def parse_tree(text: str, source: str = "<string>") -> Hierarchy:
+    """Parse hmc ``.tree`` text; errors say ``source:line``."""
+    metadata: dict[str, Any] = {}
+    level_names = None
+    graph = nx.DiGraph()
+    defined: dict[str, int] = {}
+    parent_of: dict[str, tuple[str, int]] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.rstrip("\r")
+        if not line.strip() or line.startswith("#"):
+            continue
+        where = f"{source}:{lineno}"
+        if line.startswith("@"):
+            key, _, value = line[1:].partition("\t")
+            if not key:
+                raise HierarchyError(f"{where}: metadata line without a key: {line!r}")
+            if key == "levels":
+                level_names = [v for v in value.split("\t") if v]
+            elif key.endswith(":="):
+                metadata[key[:-2]] = _json(value, where)
+            else:
+                metadata[key] = value
+            continue
+        cells = line.split("\t")
+        if len(cells) < 3:
+            raise HierarchyError(
+                f"{where}: malformed row, expected 'id<TAB>parent<TAB>name[<TAB>key=value...]', "
+                f"got {len(cells)} field(s): {line!r}"
+            )
+        node, parent, name = cells[0].strip(), cells[1].strip(), cells[2]
+        if not node:
+            raise HierarchyError(f"{where}: empty node id")
+        if node in defined:
+            raise HierarchyError(
+                f"{where}: duplicate id {node!r} (first defined on line {defined[node]})"
+            )
+        attrs: dict[str, Any] = {}
+        for cell in cells[3:]:
+            if not cell:
+                continue
+            if "=" not in cell:
+                raise HierarchyError(f"{where}: attribute {cell!r} is not key=value")
+            key, value = cell.split("=", 1)
+            if key.endswith(":"):
+                attrs[key[:-1]] = _json(value, where)
+            else:
+                attrs[key] = value
+        defined[node] = lineno
+        graph.add_node(node, name=name or node, **attrs)
+        if parent:
+            parent_of[node] = (parent, lineno)
+    for node, (parent, lineno) in parent_of.items():
+        if parent not in defined:
+            raise HierarchyError(
+                f"{source}:{lineno}: parent {parent!r} of {node!r} is not defined in the file"
+            )
+        graph.add_edge(parent, node)
+    if not defined:
+        raise HierarchyError(f"{source}: no nodes")
+    _check_tree(graph, where=source)
+    try:
+        return Hierarchy(graph, level_names=level_names, metadata=metadata)
+    except HierarchyError as e:
+        raise HierarchyError(f"{source}: {e}") from None
+
+
+def _json(value: str, where: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise HierarchyError(f"{where}: bad JSON value {value!r}: {e}") from None
+
+
+# ------------------------------------------------------------------ tables
+def _delimiter(path: Path, first_line: str) -> str:
+    if path.suffix.lower() == ".tsv" or "\t" in first_line:
+        return "\t"
+    return ","
+
+
+def _split(line: str, delimiter: str) -> list[str]:
+    return next(csv.reader(io.StringIO(line), delimiter=delimiter), [])
+
+
+def _rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    text = path.read_text(encoding="utf-8")
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    lines = [(i, line) for i, line in lines if not line.startswith("#")]
+    if not lines:
+        raise HierarchyError(f"{path}: no rows")
+    delimiter = _delimiter(path, lines[0][1])
+    header = [c.strip() for c in _split(lines[0][1], delimiter)]
+    rows = [(i, [c.strip() for c in _split(line, delimiter)]) for i, line in lines[1:]]
+    return header, rows
+
+
+def _read_edges(path: Path) -> Hierarchy:
+    header, rows = _rows(path)
+    cols = [c.lower() for c in header]
+    if cols[:2] != ["parent", "child"]:
+        raise HierarchyError(f"{path}:1: expected a header 'parent,child[,name]', got {header}")
+    graph = nx.DiGraph()
+    parent_line: dict[str, tuple[str, int]] = {}
+    for lineno, row in rows:
+        if len(row) != len(header):
+            raise HierarchyError(
+                f"{path}:{lineno}: malformed row, expected {len(header)} fields {header}, "
+                f"got {len(row)}: {row}"
+            )
+        parent, child = row[0], row[1]
+        if not parent or not child:
+            raise HierarchyError(f"{path}:{lineno}: empty parent or child in {row}")
+        if child in parent_line and parent_line[child][0] != parent:
+            first_parent, first_line = parent_line[child]
+            raise HierarchyError(
+                f"{path}:{lineno}: node {child!r} has two parents, {first_parent!r} "
+                f"(line {first_line}) and {parent!r}"
+            )
+        parent_line[child] = (parent, lineno)
+        graph.add_edge(parent, child)
+        if "name" in cols:
+            graph.nodes[child]["name"] = row[cols.index("name")]
+    _check_tree(graph, where=str(path))
+    return Hierarchy(graph, metadata={"source": str(path.name)})
+
+
+def _read_paths(path: Path) -> Hierarchy:
+    header, rows = _rows(path)
+    if any(not c for c in header):
+        raise HierarchyError(f"{path}:1: empty column name in header {header}")
+    paths = []
+    for lineno, row in rows:
+        if len(row) > len(header):
+            raise HierarchyError(
+                f"{path}:{lineno}: malformed row, {len(row)} fields but {len(header)} levels "
+                f"{header}: {row}"
+            )
+        cells = list(row)
+        while cells and not cells[-1]:
+            cells.pop()
+        if not cells:
+            continue
+        if any(not c for c in cells):
+            raise HierarchyError(f"{path}:{lineno}: empty cell inside the path {row}")
+        paths.append((lineno, cells))
+    seen: dict[str, tuple[str | None, int]] = {}
+    for lineno, cells in paths:
+        for depth, node in enumerate(cells):
+            parent = cells[depth - 1] if depth else None
+            if node in seen and seen[node][0] != parent:
+                raise HierarchyError(
+                    f"{path}:{lineno}: node {node!r} has two parents, {seen[node][0]!r} "
+                    f"(line {seen[node][1]}) and {parent!r}"
+                )
+            seen.setdefault(node, (parent, lineno))
+    depth = max(len(c) for _, c in paths)
+    try:
+        return Hierarchy.from_paths(
+            [c for _, c in paths], level_names=header[:depth], metadata={"source": path.name}
+        )
+    except HierarchyError as e:
+        raise HierarchyError(f"{path}: {e}") from None
+
+
+def _read_json(path: Path) -> Hierarchy:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise HierarchyError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(data, dict) or "nodes" not in data:
+        raise HierarchyError(f"{path}: not networkx node-link JSON (no 'nodes' key)")
+    key = "links" if "links" in data else "edges"
+    try:
+        graph = nx.node_link_graph(data, directed=True, multigraph=False, edges=key)
+    except (KeyError, TypeError) as e:
+        raise HierarchyError(f"{path}: malformed node-link JSON: missing {e}") from None
+    graph.graph.setdefault("metadata", {"source": path.name})
+    try:
+        return Hierarchy.from_networkx(graph)
+    except HierarchyError as e:
+        raise HierarchyError(f"{path}: {e}") from None
+
+
+def _read_nabirds(path: Path) -> Hierarchy:
+    folder = path if path.is_dir() else path.parent
+    classes_file, hierarchy_file = folder / "classes.txt", folder / "hierarchy.txt"
+    for f in (classes_file, hierarchy_file):
+        if not f.is_file():
+            raise HierarchyError(f"NABirds: {f.name} not found under {folder}")
+    graph = nx.DiGraph()
+    for lineno, line in enumerate(classes_file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        cid, _, name = line.strip().partition(" ")
+        if not cid.isdigit() or not name:
+            raise HierarchyError(f"{classes_file}:{lineno}: malformed row {line!r}")
+        if cid in graph:
+            raise HierarchyError(f"{classes_file}:{lineno}: duplicate id {cid!r}")
+        graph.add_node(cid, name=name.strip())
+    parent_line: dict[str, int] = {}
+    for lineno, line in enumerate(hierarchy_file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise HierarchyError(f"{hierarchy_file}:{lineno}: malformed row {line!r}")
+        child, parent = parts
+        for node in (child, parent):
+            if node not in graph:
+                raise HierarchyError(
+                    f"{hierarchy_file}:{lineno}: class {node!r} is not in {classes_file.name}"
+                )
+        if child in parent_line:
+            raise HierarchyError(
+                f"{hierarchy_file}:{lineno}: node {child!r} has two parents "
+                f"(also on line {parent_line[child]})"
+            )
+        parent_line[child] = lineno
+        graph.add_edge(parent, child)
+    _check_tree(graph, where=str(hierarchy_file))
+    orphans = [n for n in graph if graph.degree(n) == 0]
+    if orphans and graph.number_of_nodes() > 1:
+        graph.remove_nodes_from(orphans)  # ids listed in classes.txt but unused in the tree
+    roots = [n for n in graph if graph.in_degree(n) == 0]
+    depth = 0
+    if len(roots) == 1:
+        depth = max(nx.single_source_shortest_path_length(graph, roots[0]).values())
+    levels = NABIRDS_LEVELS[:depth] if 0 < depth <= len(NABIRDS_LEVELS) else None
+    meta = {"name": "nabirds", "source": f"NABirds {classes_file.name} + {hierarchy_file.name}"}
+    return Hierarchy(graph, level_names=levels, metadata=meta)

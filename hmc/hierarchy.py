@@ -1,0 +1,595 @@
+"""The label tree: ids, levels, level-major column order, tensor views and validation.
+
+Column order (the currency of the whole package): every score tensor has one column per
+non-root node, level-major. All level-1 nodes come first, then all level-2 nodes, and so on.
+Within a level, nodes are sorted by their parent's column, then by the order in which they
+were given (file order). So siblings are contiguous, and the descendants of any node at any
+level form one contiguous column range. The root is level 0 and has no column.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import torch
+
+__all__ = ["Hierarchy", "HierarchyError", "HierarchyTensors", "UnknownLabelError", "VIRTUAL_ROOT"]
+
+VIRTUAL_ROOT = "<root>"
+
+
+class HierarchyError(ValueError):
+    """A hierarchy that is not a rooted tree, or a file that does not describe one."""
+
+
+class UnknownLabelError(HierarchyError, KeyError):
+    """A label that is not a node of the hierarchy."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class HierarchyTensors:
+    """Index tensors of a hierarchy on one device. N nodes, D levels, L leaves.
+
+    parent: [N] column of each node's parent, -1 for level-1 nodes.
+    paths: [N, D] column of each node's ancestor at level d+1 (the node itself at its own
+        level), -1 below the node's level.
+    levels: [N] level of each node, 1..D.
+    level_offsets: [D + 1] level d's columns are level_offsets[d-1]:level_offsets[d].
+    is_leaf: [N] bool.
+    leaves: [L] columns of the leaves, ascending.
+    """
+
+    parent: torch.Tensor
+    paths: torch.Tensor
+    levels: torch.Tensor
+    level_offsets: torch.Tensor
+    is_leaf: torch.Tensor
+    leaves: torch.Tensor
+
+
+class Hierarchy:
+    """An immutable rooted label tree with a fixed, level-major column order.
+
+    Build one with :meth:`from_edges`, :meth:`from_paths`, :meth:`from_networkx`,
+    :meth:`from_file` or :func:`hmc.load_hierarchy`. ``hierarchy.nodes[i]`` is the id of
+    column ``i`` of every ``[B, N]`` score tensor.
+    """
+
+    def __init__(
+        self,
+        graph: nx.DiGraph,
+        *,
+        level_names: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        graph = _check_tree(graph, where="graph")
+        roots = [n for n in graph if graph.in_degree(n) == 0]
+        if len(roots) == 1:
+            root = roots[0]
+        else:
+            root = VIRTUAL_ROOT
+            if root in graph:
+                raise HierarchyError(f"node id {root!r} is reserved for the virtual root")
+            graph.add_node(root, name="root")
+            graph.add_edges_from((root, r) for r in roots)
+        depth = nx.single_source_shortest_path_length(graph, root)
+        num_levels = max(depth.values())
+        if num_levels == 0:
+            raise HierarchyError("the hierarchy has no nodes below its root")
+        if level_names is None:
+            level_names = [f"level_{d}" for d in range(1, num_levels + 1)]
+        level_names = tuple(str(n) for n in level_names)
+        if len(level_names) != num_levels:
+            raise HierarchyError(
+                f"{len(level_names)} level names {list(level_names)} given, but the tree has "
+                f"{num_levels} levels below its root; level "
+                f"{min(len(level_names), num_levels) + 1} is "
+                + ("empty" if len(level_names) > num_levels else "unnamed")
+            )
+        if len(set(level_names)) != len(level_names):
+            raise HierarchyError(f"duplicate level names: {list(level_names)}")
+
+        # Level-major order; within a level, by parent column then given child order.
+        order: list[str] = []
+        frontier = [root]
+        while frontier:
+            frontier = [c for p in frontier for c in graph.successors(p)]
+            order.extend(frontier)
+        self._root = root
+        self._nodes: tuple[str, ...] = tuple(order)
+        self._index = {n: i for i, n in enumerate(order)}
+        self._parent_ids = {n: next(iter(graph.predecessors(n))) for n in order}
+        self._children = {n: tuple(graph.successors(n)) for n in [root, *order]}
+        self._depth = {n: depth[n] for n in order}
+        self._names = {n: str(graph.nodes[n].get("name", n)) for n in [root, *order]}
+        self._attrs = {
+            n: {k: v for k, v in graph.nodes[n].items() if k not in ("name", "level")}
+            for n in [root, *order]
+        }
+        self._level_names = level_names
+        self._metadata = dict(metadata or {})
+        self._tensor_cache: dict[str, HierarchyTensors] = {}
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_edges(
+        cls,
+        edges: Iterable[tuple[str, str]],
+        *,
+        names: Mapping[str, str] | None = None,
+        attributes: Mapping[str, Mapping[str, Any]] | None = None,
+        level_names: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Hierarchy:
+        """Build from (parent, child) pairs. Child order among siblings is edge order."""
+        graph = nx.DiGraph()
+        seen_parent: dict[str, str] = {}
+        for i, edge in enumerate(edges):
+            if len(edge) != 2:
+                raise HierarchyError(f"edge {i}: expected (parent, child), got {edge!r}")
+            parent, child = (str(x) for x in edge)
+            if parent == child:
+                raise HierarchyError(f"edge {i}: node {child!r} is its own parent (a cycle)")
+            if child in seen_parent:
+                if seen_parent[child] == parent:
+                    continue
+                raise HierarchyError(
+                    f"edge {i}: node {child!r} has two parents, "
+                    f"{seen_parent[child]!r} and {parent!r}"
+                )
+            seen_parent[child] = parent
+            graph.add_edge(parent, child)
+        for node, name in (names or {}).items():
+            if node not in graph:
+                raise UnknownLabelError(f"name given for {node!r}, which is not in the edges")
+            graph.nodes[node]["name"] = name
+        for node, attrs in (attributes or {}).items():
+            if node not in graph:
+                raise UnknownLabelError(f"attributes given for {node!r}, which is not in the edges")
+            graph.nodes[node].update(attrs)
+        return cls(graph, level_names=level_names, metadata=metadata)
+
+    @classmethod
+    def from_paths(
+        cls,
+        rows: Iterable[Sequence[str | None]],
+        *,
+        level_names: Sequence[str] | None = None,
+        names: Mapping[str, str] | None = None,
+        attributes: Mapping[str, Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Hierarchy:
+        """Build from root-to-node rows such as ``("Passeriformes", "Parulidae", "Yellow Warbler")``.
+
+        Rows may be ragged: a shorter row, or trailing empty cells, ends higher in the tree.
+        """
+        edges: list[tuple[str, str]] = []
+        tops: list[str] = []
+        for i, row in enumerate(rows):
+            cells = [None if c is None else str(c).strip() for c in row]
+            while cells and not cells[-1]:
+                cells.pop()
+            if not cells:
+                continue
+            if any(not c for c in cells):
+                raise HierarchyError(f"row {i}: empty cell inside the path {list(row)!r}")
+            if cells[0] not in tops:
+                tops.append(cells[0])
+            edges.extend(zip(cells[:-1], cells[1:]))
+        graph_edges = [(VIRTUAL_ROOT, t) for t in tops] + edges
+        graph = nx.DiGraph()
+        graph.add_node(VIRTUAL_ROOT, name="root")
+        seen_parent: dict[str, str] = {}
+        for parent, child in graph_edges:
+            if child in seen_parent and seen_parent[child] != parent:
+                raise HierarchyError(
+                    f"node {child!r} has two parents, {seen_parent[child]!r} and {parent!r}"
+                )
+            seen_parent[child] = parent
+            graph.add_edge(parent, child)
+        for node, name in (names or {}).items():
+            if node not in graph:
+                raise UnknownLabelError(f"name given for {node!r}, which is not in any path")
+            graph.nodes[node]["name"] = name
+        for node, attrs in (attributes or {}).items():
+            if node not in graph:
+                raise UnknownLabelError(f"attributes given for {node!r}, which is not in any path")
+            graph.nodes[node].update(attrs)
+        return cls(graph, level_names=level_names, metadata=metadata)
+
+    @classmethod
+    def from_networkx(
+        cls,
+        graph: nx.DiGraph,
+        *,
+        level_names: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Hierarchy:
+        """Build from a DiGraph with parent -> child edges; node attribute ``name`` is the display
+        name, other node attributes are kept. ``graph.graph`` may hold ``level_names`` and
+        ``metadata``."""
+        if not isinstance(graph, nx.DiGraph):
+            raise HierarchyError(f"expected a networkx.DiGraph, got {type(graph).__name__}")
+        g = nx.DiGraph()
+        g.add_nodes_from((str(n), dict(d)) for n, d in graph.nodes(data=True))
+        g.add_edges_from((str(u), str(v)) for u, v in graph.edges())
+        return cls(
+            g,
+            level_names=level_names or graph.graph.get("level_names"),
+            metadata=metadata or graph.graph.get("metadata"),
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path, format: str | None = None) -> Hierarchy:
+        """Read a hierarchy file. ``format`` is one of :data:`hmc.io.FORMATS`; by default it is
+        guessed from the file's name and first line."""
+        from hmc._hierarchy_io import read_hierarchy
+
+        return read_hierarchy(path, format=format)
+
+    def save(self, path: str | Path, format: str | None = None) -> None:
+        """Write the hierarchy; ``.tree`` (the hmc format, default) or ``.json`` (node-link)."""
+        from hmc._hierarchy_io import write_hierarchy
+
+        write_hierarchy(self, path, format=format)
+
+    def to_networkx(self) -> nx.DiGraph:
+        """A new DiGraph keyed by node id, root included, with ``name``, ``level`` and the
+        attributes on the nodes, and ``level_names``/``metadata`` in ``graph.graph``."""
+        g = nx.DiGraph(level_names=list(self._level_names), metadata=dict(self._metadata))
+        for n in (self._root, *self._nodes):
+            level = 0 if n == self._root else self._depth[n]
+            g.add_node(n, name=self._names[n], level=level, **self._attrs[n])
+        for n in self._nodes:
+            g.add_edge(self._parent_ids[n], n)
+        return g
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-able description (for checkpoints: loads with ``weights_only=True``)."""
+        return {
+            "format": "hmc-hierarchy/1",
+            "root": self._root,
+            "root_name": self._names[self._root],
+            "root_attributes": self._attrs[self._root],
+            "level_names": list(self._level_names),
+            "metadata": self._metadata,
+            "nodes": [
+                [n, self._parent_ids[n], self._names[n], self._attrs[n]] for n in self._nodes
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Hierarchy:
+        """Inverse of :meth:`to_dict`."""
+        g = nx.DiGraph()
+        g.add_node(
+            data["root"],
+            name=data.get("root_name", data["root"]),
+            **data.get("root_attributes", {}),
+        )
+        for node, parent, name, attrs in data["nodes"]:
+            g.add_node(node, name=name, **attrs)
+            g.add_edge(parent, node)
+        return cls(g, level_names=data["level_names"], metadata=data.get("metadata"))
+
+    # ---------------------------------------------------------------- structure
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Node ids in column order (root excluded)."""
+        return self._nodes
+
+    @property
+    def root(self) -> str:
+        return self._root
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._index
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        """Names of levels 1..D (index 0 is level 1)."""
+        return self._level_names
+
+    @property
+    def num_levels(self) -> int:
+        return len(self._level_names)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Provenance and description (source, licence, ...). A copy."""
+        return dict(self._metadata)
+
+    def index(self, node: str) -> int:
+        """Column of ``node``; raises :class:`UnknownLabelError` naming close matches."""
+        try:
+            return self._index[node]
+        except (KeyError, TypeError):
+            raise UnknownLabelError(self._unknown_message(node)) from None
+
+    def indices(self, nodes: Iterable[str]) -> torch.Tensor:
+        """[K] long tensor of the columns of ``nodes``."""
+        return torch.tensor([self.index(n) for n in nodes], dtype=torch.long)
+
+    def _unknown_message(self, node: object) -> str:
+        close = difflib.get_close_matches(str(node), self._nodes, n=3)
+        by_name = [n for n in self._nodes if self._names[n] == node]
+        hint = ""
+        if by_name:
+            hint = f"; it is the display name of {by_name[:3]}"
+        elif close:
+            hint = f"; did you mean {close}?"
+        label = self._metadata.get("name", "the hierarchy")
+        return f"label {node!r} is not a node of {label}{hint}"
+
+    def _id(self, node: str | int) -> str:
+        if isinstance(node, int):
+            if not 0 <= node < len(self._nodes):
+                raise IndexError(f"column {node} out of range for {len(self._nodes)} nodes")
+            return self._nodes[node]
+        if node == self._root:
+            return node
+        self.index(node)
+        return node
+
+    def name(self, node: str | int) -> str:
+        """Display name of a node id or column."""
+        return self._names[self._id(node)]
+
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        """Display names in column order."""
+        return tuple(self._names[n] for n in self._nodes)
+
+    def attributes(self, node: str | int) -> dict[str, Any]:
+        """Attributes of a node (a copy)."""
+        return dict(self._attrs[self._id(node)])
+
+    def level(self, node: str | int) -> int:
+        """Level of a node, 1..D (the root is 0)."""
+        n = self._id(node)
+        return 0 if n == self._root else self._depth[n]
+
+    def parent(self, node: str | int) -> str | None:
+        """Parent id; the root's id for level-1 nodes, None for the root."""
+        n = self._id(node)
+        return None if n == self._root else self._parent_ids[n]
+
+    def children(self, node: str | int | None = None) -> tuple[str, ...]:
+        """Child ids in column order; of the root when ``node`` is None."""
+        return self._children[self._root if node is None else self._id(node)]
+
+    def ancestors(self, node: str | int) -> tuple[str, ...]:
+        """Ids from level 1 down to ``node`` inclusive."""
+        n = self._id(node)
+        chain = []
+        while n != self._root:
+            chain.append(n)
+            n = self._parent_ids[n]
+        return tuple(reversed(chain))
+
+    def is_leaf(self, node: str | int) -> bool:
+        return not self._children[self._id(node)]
+
+    @cached_property
+    def leaves(self) -> tuple[str, ...]:
+        """Leaf ids in column order."""
+        return tuple(n for n in self._nodes if not self._children[n])
+
+    def level_slice(self, level: int | str) -> slice:
+        """Columns of one level, by number (1..D) or name."""
+        d = self._level_number(level)
+        offsets = self._level_offsets
+        return slice(offsets[d - 1], offsets[d])
+
+    def level_nodes(self, level: int | str) -> tuple[str, ...]:
+        return self._nodes[self.level_slice(level)]
+
+    def level_sizes(self) -> dict[str, int]:
+        """Number of nodes per level, by level name."""
+        offsets = self._level_offsets
+        return {n: offsets[d + 1] - offsets[d] for d, n in enumerate(self._level_names)}
+
+    def _level_number(self, level: int | str) -> int:
+        if isinstance(level, str):
+            if level not in self._level_names:
+                raise HierarchyError(
+                    f"unknown level {level!r}; levels are {list(self._level_names)}"
+                )
+            return self._level_names.index(level) + 1
+        if not 1 <= level <= self.num_levels:
+            raise HierarchyError(f"level {level} out of range 1..{self.num_levels}")
+        return int(level)
+
+    @cached_property
+    def _level_offsets(self) -> list[int]:
+        offsets = [0] * (self.num_levels + 1)
+        for n in self._nodes:
+            offsets[self._depth[n]] += 1
+        for d in range(1, len(offsets)):
+            offsets[d] += offsets[d - 1]
+        return offsets
+
+    def leaves_below(self, node: str | int) -> torch.Tensor:
+        """[K] columns of the leaves in ``node``'s subtree (``node`` itself if a leaf)."""
+        col = self.index(self._id(node)) if not isinstance(node, int) else node
+        t = self.tensors()
+        d = int(t.levels[col])
+        return t.leaves[t.paths[t.leaves, d - 1] == col]
+
+    # ------------------------------------------------------------ tensor views
+    def tensors(self, device: torch.device | str | None = None) -> HierarchyTensors:
+        """Index tensors on ``device``, computed once per device and cached."""
+        key = str(torch.device(device) if device is not None else torch.device("cpu"))
+        cached = self._tensor_cache.get(key)
+        if cached is None:
+            if key == "cpu":
+                cached = self._build_tensors()
+            else:
+                cpu = self.tensors("cpu")
+                cached = HierarchyTensors(
+                    **{f: getattr(cpu, f).to(key) for f in HierarchyTensors.__dataclass_fields__}
+                )
+            self._tensor_cache[key] = cached
+        return cached
+
+    def _build_tensors(self) -> HierarchyTensors:
+        n, d = self.num_nodes, self.num_levels
+        parent = torch.full((n,), -1, dtype=torch.long)
+        paths = torch.full((n, d), -1, dtype=torch.long)
+        levels = torch.empty(n, dtype=torch.long)
+        for i, node in enumerate(self._nodes):
+            p = self._parent_ids[node]
+            lvl = self._depth[node]
+            levels[i] = lvl
+            if p != self._root:
+                parent[i] = self._index[p]
+                paths[i, : lvl - 1] = paths[parent[i], : lvl - 1]
+            paths[i, lvl - 1] = i
+        is_leaf = torch.tensor([not self._children[x] for x in self._nodes], dtype=torch.bool)
+        return HierarchyTensors(
+            parent=parent,
+            paths=paths,
+            levels=levels,
+            level_offsets=torch.tensor(self._level_offsets, dtype=torch.long),
+            is_leaf=is_leaf,
+            leaves=is_leaf.nonzero().flatten(),
+        )
+
+    @property
+    def parent_index(self) -> torch.Tensor:
+        """[N] parent column of each node, -1 at level 1 (CPU)."""
+        return self.tensors().parent
+
+    @property
+    def paths(self) -> torch.Tensor:
+        """[N, D] ancestor columns per level, -1 padded (CPU)."""
+        return self.tensors().paths
+
+    @property
+    def node_levels(self) -> torch.Tensor:
+        """[N] level 1..D of each column (CPU)."""
+        return self.tensors().levels
+
+    @property
+    def leaf_mask(self) -> torch.Tensor:
+        """[N] bool, True at leaves (CPU)."""
+        return self.tensors().is_leaf
+
+    def level_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """Per-level targets. targets: [B] columns (negative = unlabelled) -> [B, D] columns,
+        -1 below a coarse label and everywhere for unlabelled samples."""
+        paths = self.tensors(targets.device).paths
+        valid = targets >= 0
+        out = paths[targets.clamp_min(0)]
+        return torch.where(valid[:, None], out, torch.full_like(out, -1))
+
+    # --------------------------------------------------------------- distances
+    def lca_level(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Level of the lowest common ancestor of columns ``a`` and ``b`` (same shape, any
+        shape); 0 when it is the root. Cost O(numel x D), no pairwise matrix."""
+        paths = self.tensors(a.device).paths
+        pa, pb = paths[a], paths[b]
+        # Ancestor chains are prefixes, so equality at level k implies equality above it.
+        return ((pa == pb) & (pa >= 0)).sum(-1)
+
+    def tree_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Number of edges between columns ``a`` and ``b`` (same shape)."""
+        levels = self.tensors(a.device).levels
+        return levels[a] + levels[b] - 2 * self.lca_level(a, b)
+
+    # ----------------------------------------------------------------- derived
+    def restrict(self, leaves: Iterable[str], *, prune: bool = True) -> Hierarchy:
+        """The sub-tree spanned by ``leaves`` (any nodes) and their ancestors. Levels that end
+        up empty raise. Metadata records the restriction."""
+        keep: set[str] = set()
+        for leaf in leaves:
+            keep.update(self.ancestors(leaf))
+        if not keep:
+            raise HierarchyError("restrict() needs at least one node")
+        g = self.to_networkx()
+        g.remove_nodes_from([n for n in self._nodes if n not in keep])
+        meta = dict(self._metadata)
+        meta["restricted_from"] = self._metadata.get("name", "hierarchy")
+        num_levels = max(self._depth[n] for n in keep)
+        return Hierarchy(g, level_names=self._level_names[:num_levels], metadata=meta)
+
+    def fingerprint(self) -> str:
+        """sha256 of the structure and column order (not of names or attributes)."""
+        data = json.dumps(
+            [list(self._level_names), [[n, self._parent_ids[n]] for n in self._nodes]]
+        )
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Hierarchy) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(Hierarchy.from_dict(state).__dict__)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k}={v}" for k, v in self.level_sizes().items())
+        label = self._metadata.get("name")
+        head = f"{label!r}, " if label else ""
+        return f"Hierarchy({head}{sizes}, leaves={len(self.leaves)})"
+
+    def describe(self, max_children: int = 8) -> str:
+        """A readable tree with counts per level (what ``hmc hierarchy show`` prints)."""
+        lines = [repr(self)]
+        for k, v in self._metadata.items():
+            if k in ("source", "licence", "license", "description"):
+                lines.append(f"  {k}: {v}")
+
+        def walk(node: str, indent: int) -> None:
+            kids = self._children[node]
+            for c in kids[:max_children]:
+                tag = f"{self._level_names[self._depth[c] - 1]}: "
+                label = self._names[c] if self._names[c] == c else f"{self._names[c]} [{c}]"
+                extra = f" ({len(self._children[c])})" if self._children[c] else ""
+                lines.append("  " * indent + f"- {tag}{label}{extra}")
+                walk(c, indent + 1)
+            if len(kids) > max_children:
+                lines.append("  " * indent + f"  ... {len(kids) - max_children} more")
+
+        walk(self._root, 1)
+        return "\n".join(lines)
+
+
+def _check_tree(graph: nx.DiGraph, *, where: str) -> nx.DiGraph:
+    """Copy ``graph`` and check that it is a forest of rooted trees, naming the offender."""
+    g = nx.DiGraph(graph)
+    if g.number_of_nodes() == 0:
+        raise HierarchyError(f"{where}: the hierarchy is empty")
+    for node in g:
+        if g.in_degree(node) > 1:
+            parents = sorted(map(str, g.predecessors(node)))
+            raise HierarchyError(f"{where}: node {node!r} has {len(parents)} parents: {parents}")
+    try:
+        cycle = nx.find_cycle(g)
+    except nx.NetworkXNoCycle:
+        return g
+    chain = " -> ".join(str(u) for u, _ in cycle) + f" -> {cycle[0][0]}"
+    raise HierarchyError(f"{where}: cycle {chain}")
