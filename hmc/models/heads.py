@@ -1,0 +1,289 @@
+"""Heads that turn a feature map [B, C, H, W] into node scores [B, N] in hierarchy column order.
+
+Every head returns :class:`HeadOutput` and has a class attribute ``score_kind`` telling losses and
+decoders how to read ``node_scores``:
+
+- :class:`HRNHead` (``"states"``): the HRN paper's head (Chen et al., CVPR 2022).
+- :class:`FlatHead` (``"level_logits"``): one linear softmax classifier per level.
+- :class:`LeafHead` (``"leaf_log_probs"``): one softmax over the leaves, marginalised upwards.
+
+Heads are registered by name (``register_head``/``create_head``/``list_heads``), timm-style.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hmc.hierarchy import Hierarchy
+
+__all__ = [
+    "FlatHead",
+    "HRNHead",
+    "HeadOutput",
+    "LeafHead",
+    "create_head",
+    "list_heads",
+    "register_head",
+]
+
+
+class HeadOutput(NamedTuple):
+    """node_scores: [B, N] in hierarchy column order. leaf_logits: [B, L] (column j scores leaf
+    column ``h.tensors().leaves[j]``) or None. level_features: D tensors [B, F]."""
+
+    node_scores: Tensor
+    leaf_logits: Optional[Tensor]  # noqa: UP045 - TorchScript needs typing.Optional/List
+    level_features: list[Tensor]
+
+
+_HEADS: dict[str, type[nn.Module]] = {}
+
+
+def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a head available to :func:`create_head` / ``build_model(head=name)``.
+    A head is constructed as ``cls(hierarchy, in_channels, **kwargs)`` and exposes
+    ``score_kind`` and a JSON-able ``config`` (the kwargs that rebuild it)."""
+
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _HEADS and _HEADS[name] is not cls:
+            raise ValueError(f"a head named {name!r} is already registered ({_HEADS[name]})")
+        _HEADS[name] = cls
+        return cls
+
+    return add
+
+
+def list_heads() -> list[str]:
+    """Names of the registered heads."""
+    return sorted(_HEADS)
+
+
+def create_head(name: str, hierarchy: Hierarchy, in_channels: int, **kwargs: Any) -> nn.Module:
+    """Build a registered head for ``hierarchy`` on a feature map with ``in_channels`` channels."""
+    if name not in _HEADS:
+        raise ValueError(f"Expected argument `head` to be one of {list_heads()}, but got {name!r}")
+    return _HEADS[name](hierarchy, in_channels, **kwargs)
+
+
+def _check_hierarchy(hierarchy: object) -> Hierarchy:
+    if not isinstance(hierarchy, Hierarchy):
+        raise TypeError(
+            f"Expected argument `hierarchy` to be an hmc.Hierarchy, got {type(hierarchy).__name__}"
+        )
+    return hierarchy
+
+
+def _level_sizes(h: Hierarchy) -> list[int]:
+    return [h.level_slice(d).stop - h.level_slice(d).start for d in range(1, h.num_levels + 1)]
+
+
+# --------------------------------------------------------------------------------- HRN
+class _ConvBNReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int, bn_momentum: float) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(cout, momentum=bn_momentum),
+            nn.ReLU(),
+        )
+
+
+class _LevelBranch(nn.Module):
+    """One granularity-specific branch: conv block -> GAP -> MLP embedding, plus the level's
+    classifier (applied by the head to the residual sum, not to this branch's embedding)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        block_channels: int,
+        hidden: int,
+        feature_dim: int,
+        num_classes: int,
+        bn_momentum: float,
+    ) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            _ConvBNReLU(in_channels, mid_channels, 1, bn_momentum),
+            _ConvBNReLU(mid_channels, block_channels, 3, bn_momentum),
+        )
+        self.fc = nn.Sequential(
+            nn.BatchNorm1d(block_channels),
+            nn.Linear(block_channels, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ELU(),
+            nn.Linear(hidden, feature_dim),
+        )
+        self.classifier = nn.Linear(feature_dim, num_classes)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """[B, C, H, W] -> [B, feature_dim] (before the hierarchical residual)."""
+        return self.fc(self.block(x).mean(dim=(2, 3)))
+
+
+@register_head("hrn")
+class HRNHead(nn.Module):
+    """The HRN head: one granularity-specific branch per level and hierarchical residuals.
+
+    Branch d: 1x1 conv C->mid, 3x3 conv mid->block (each conv -> BN -> ReLU), global average
+    pooling, BN -> Linear(block, hidden) -> BN -> ELU -> Linear(hidden, feature_dim), giving
+    ``e_d`` [B, F]. Level d's feature is ``f_d = ReLU(e_1 + ... + e_d)`` (the sum over the level
+    and all its ancestor levels), and level d's classifier ``Linear(F, n_d)`` scores exactly the
+    level's nodes, so concatenating the levels gives ``node_scores`` [B, N] in column order.
+    These are pre-sigmoid scores (the paper applies a sigmoid; losses and decoders take
+    ``scores="sigmoid"``). Gradients of deeper levels flow into every ancestor branch.
+
+    A separate leaf classifier ``Linear(F, L)`` on the deepest feature ``f_D`` gives
+    ``leaf_logits`` [B, L] for the paper's cross-entropy term, over *all* leaves.
+
+    Ragged trees: a leaf at level d < D is a column of level d, scored by level d's classifier
+    like any node of that level (it has no column at deeper levels). The leaf classifier still
+    scores it from ``f_D``, which contains every level's embedding, so the softmax over all
+    leaves (and its cross-entropy) covers shallow and deep leaves alike.
+
+    Defaults are the paper's widths: mid = C/2, block = C, hidden = 1024, feature_dim = 512,
+    conv BN momentum 0.01 as in the authors' code. ``residual=False`` is the paper's ablation
+    without hierarchical residuals.
+    """
+
+    score_kind = "states"
+
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        in_channels: int,
+        *,
+        mid_channels: int | None = None,
+        block_channels: int | None = None,
+        hidden: int = 1024,
+        feature_dim: int = 512,
+        residual: bool = True,
+        leaf_classifier: bool = True,
+        bn_momentum: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.hierarchy = _check_hierarchy(hierarchy)
+        mid_channels = mid_channels or max(1, in_channels // 2)
+        block_channels = block_channels or in_channels
+        self.config = dict(
+            mid_channels=mid_channels,
+            block_channels=block_channels,
+            hidden=hidden,
+            feature_dim=feature_dim,
+            residual=residual,
+            leaf_classifier=leaf_classifier,
+            bn_momentum=bn_momentum,
+        )
+        self.residual = residual
+        self.feature_dim = feature_dim
+        self.levels = nn.ModuleList(
+            _LevelBranch(
+                in_channels, mid_channels, block_channels, hidden, feature_dim, n, bn_momentum
+            )
+            for n in _level_sizes(hierarchy)
+        )
+        num_leaves = len(hierarchy.leaves)
+        self.leaf_classifier = nn.Linear(feature_dim, num_leaves) if leaf_classifier else None
+
+    def forward(self, x: Tensor) -> HeadOutput:
+        """x: [B, C, H, W] -> HeadOutput([B, N], [B, L] or None, D x [B, feature_dim])."""
+        acc = x.new_zeros(x.shape[0], self.feature_dim)
+        scores: list[Tensor] = []
+        features: list[Tensor] = []
+        for branch in self.levels:
+            e = branch.embed(x)  # (B, C, H, W) -> (B, F)
+            acc = acc + e if self.residual else e
+            f = F.relu(acc)
+            features.append(f)
+            scores.append(branch.classifier(f))  # (B, F) -> (B, n_d)
+        leaf_logits: Optional[Tensor] = None  # noqa: UP045
+        if self.leaf_classifier is not None:
+            leaf_logits = self.leaf_classifier(features[-1])  # (B, F) -> (B, L)
+        return HeadOutput(torch.cat(scores, dim=1), leaf_logits, features)
+
+
+# ----------------------------------------------------------------------------- baselines
+@register_head("flat")
+class FlatHead(nn.Module):
+    """Global average pooling, then one linear softmax classifier per level (independent).
+    ``node_scores`` level slice d holds level d's logits. ``level_features`` are D references
+    to the pooled feature [B, C]; ``leaf_logits`` is None."""
+
+    score_kind = "level_logits"
+
+    def __init__(self, hierarchy: Hierarchy, in_channels: int, *, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.hierarchy = _check_hierarchy(hierarchy)
+        self.config = dict(dropout=dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.classifiers = nn.ModuleList(nn.Linear(in_channels, n) for n in _level_sizes(hierarchy))
+
+    def forward(self, x: Tensor) -> HeadOutput:
+        """x: [B, C, H, W] -> HeadOutput([B, N], None, D x [B, C])."""
+        pooled = x.mean(dim=(2, 3))  # (B, C, H, W) -> (B, C)
+        z = self.dropout(pooled)
+        scores = [clf(z) for clf in self.classifiers]
+        features = [pooled for _ in self.classifiers]
+        return HeadOutput(torch.cat(scores, dim=1), None, features)
+
+
+@register_head("leaf")
+class LeafHead(nn.Module):
+    """Global average pooling, one softmax over all leaves, coarser levels by marginalisation:
+    ``node_scores[:, v] = log P(v) = logsumexp`` of the leaf log-softmax over the leaves below
+    ``v`` (a leaf's own column is its log-probability; shallow leaves of ragged trees included).
+    ``leaf_logits`` are the raw leaf logits [B, L]."""
+
+    score_kind = "leaf_log_probs"
+
+    def __init__(self, hierarchy: Hierarchy, in_channels: int, *, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.hierarchy = _check_hierarchy(hierarchy)
+        self.config = dict(dropout=dropout)
+        self.num_levels = hierarchy.num_levels
+        self.num_nodes = hierarchy.num_nodes
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(in_channels, len(hierarchy.leaves))
+        pair_leaf, pair_node = _leaf_ancestor_pairs(hierarchy)
+        self.register_buffer("pair_leaf", pair_leaf, persistent=False)
+        self.register_buffer("pair_node", pair_node, persistent=False)
+
+    def forward(self, x: Tensor) -> HeadOutput:
+        """x: [B, C, H, W] -> HeadOutput([B, N] log-probabilities, [B, L], D x [B, C])."""
+        pooled = x.mean(dim=(2, 3))  # (B, C, H, W) -> (B, C)
+        leaf_logits = self.classifier(self.dropout(pooled))  # (B, C) -> (B, L)
+        log_p = F.log_softmax(leaf_logits, dim=-1)
+        scores = _scatter_logsumexp(log_p, self.pair_leaf, self.pair_node, self.num_nodes)
+        features = [pooled for _ in range(self.num_levels)]
+        return HeadOutput(scores, leaf_logits, features)
+
+
+def _leaf_ancestor_pairs(h: Hierarchy) -> tuple[Tensor, Tensor]:
+    """(leaf position j, ancestor column v) for every leaf and every ancestor of it including
+    itself: two [E] long tensors, E = sum of leaf depths."""
+    t = h.tensors()
+    paths = t.paths[t.leaves]  # (L, D), -1 padded
+    valid = paths >= 0
+    leaf_pos = torch.arange(paths.shape[0]).unsqueeze(1).expand_as(paths)
+    return leaf_pos[valid], paths[valid]
+
+
+def _scatter_logsumexp(values: Tensor, src: Tensor, dst: Tensor, num_out: int) -> Tensor:
+    """out[b, v] = logsumexp over pairs e with dst[e] == v of values[b, src[e]].
+    values: [B, L]; src, dst: [E]; -> [B, num_out]. Stable: subtracts each group's max."""
+    gathered = values.index_select(1, src)  # (B, E)
+    index = dst.unsqueeze(0).expand_as(gathered)
+    shape = (values.shape[0], num_out)
+    group_max = values.new_full(shape, float("-inf")).scatter_reduce(
+        1, index, gathered, reduce="amax", include_self=True
+    )
+    group_max = torch.where(torch.isinf(group_max), torch.zeros_like(group_max), group_max)
+    group_max = group_max.detach()  # a shift only; keeps the gradient of amax out
+    total = values.new_zeros(shape).scatter_add(
+        1, index, (gathered - group_max.gather(1, index)).exp()
+    )
+    return total.log() + group_max
