@@ -1,0 +1,294 @@
+"""Losses on ``[B, N]`` node scores and ``[B]`` node-column targets (any depth; negative =
+unlabelled).
+
+- :class:`CombinatorialLoss`: the HRN paper's combinatorial loss over hierarchy states.
+- :class:`HRNLoss`: the paper's total loss, combinatorial loss + cross-entropy of a leaf head.
+- :class:`PerLevelCrossEntropy`: one softmax per level ("level_logits" heads).
+- :class:`LeafMarginalLoss`: leaf softmax, coarse labels by marginalisation ("leaf_log_probs").
+- :func:`build_loss` by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hmc._states import CombinatorialNLL, state_plan
+from hmc.hierarchy import Hierarchy
+
+__all__ = [
+    "CombinatorialLoss",
+    "HRNLoss",
+    "PerLevelCrossEntropy",
+    "LeafMarginalLoss",
+    "build_loss",
+    "sigmoid_loss_floor",
+    "LOSSES",
+]
+
+_REDUCTIONS = ("mean", "sum", "none")
+_SCORES = ("sigmoid", "logits")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(
+            f"Expected argument `{name}` to be one of {list(choices)}, but got {value!r}"
+        )
+
+
+def _as_float(x: Tensor) -> Tensor:
+    """Half inputs (autocast outputs) are computed in float32; float32/float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _labelled(
+    h: Hierarchy, node_scores: Tensor, targets: Tensor, ignore_index: int
+) -> tuple[Tensor, Tensor]:
+    """Validate shapes and labels. Returns (mask [B] bool of labelled samples, targets with
+    unlabelled entries replaced by 0)."""
+    if node_scores.ndim != 2 or node_scores.shape[1] != h.num_nodes:
+        raise ValueError(
+            f"Expected `node_scores` of shape [B, {h.num_nodes}] (one column per node of "
+            f"{h!r}), but got {list(node_scores.shape)}"
+        )
+    if targets.ndim != 1 or targets.shape[0] != node_scores.shape[0]:
+        raise ValueError(
+            f"Expected `targets` of shape [{node_scores.shape[0]}] (one node column per sample), "
+            f"but got {list(targets.shape)}"
+        )
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise TypeError(f"Expected `targets` to be integer node columns, but got {targets.dtype}")
+    targets = targets.long()
+    mask = (targets >= 0) & (targets != ignore_index)
+    if targets.numel() and int(targets.max()) >= h.num_nodes:
+        bad = int(targets.max())
+        raise ValueError(
+            f"Expected `targets` to be node columns in [0, {h.num_nodes}) or negative "
+            f"(unlabelled), but got {bad}"
+        )
+    return mask, torch.where(mask, targets, torch.zeros_like(targets))
+
+
+def _reduce(per_sample: Tensor, mask: Tensor, reduction: str) -> Tensor:
+    """Reduce [B] losses over labelled samples. "mean" of an all-unlabelled batch is 0 (kept in
+    the graph, so every parameter still gets a zero gradient)."""
+    per_sample = torch.where(mask, per_sample, torch.zeros_like(per_sample))
+    if reduction == "none":
+        return per_sample
+    total = per_sample.sum()
+    if reduction == "sum":
+        return total
+    return total / mask.sum().clamp_min(1).to(total.dtype)
+
+
+class CombinatorialLoss(nn.Module):
+    """The HRN combinatorial loss (Chen et al., CVPR 2022) in log space, O(B x N).
+
+    States: the empty state (score 0) and, for every node v, the path from level 1 to v, whose
+    score is the sum of the node scores on it. For a sample labelled l (any depth),
+
+        loss = -logsumexp_{states whose path contains l} score + logsumexp_{all states} score
+             = -log P(l lies on the state's path).
+
+    Args:
+        hierarchy: the label tree; column j of ``node_scores`` is ``hierarchy.nodes[j]``.
+        scores: ``"sigmoid"`` (the paper) applies a sigmoid to the inputs first. Node scores are
+            then in (0, 1), so the loss has a floor above 0 that depends on the label and the
+            tree (see :func:`sigmoid_loss_floor`): it never reaches 0 and its gradient never
+            vanishes. ``"logits"`` uses the raw inputs; the loss then tends to 0.
+        reduction: ``"mean"`` over labelled samples (0 if there are none), ``"sum"`` or
+            ``"none"`` ([B], 0 for unlabelled samples).
+        ignore_index: target value of unlabelled samples (every negative target is unlabelled).
+
+    Shapes: node_scores [B, N] (any float dtype; half is computed in float32), targets [B] long.
+    """
+
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        scores: str = "sigmoid",
+        reduction: str = "mean",
+        ignore_index: int = -100,
+    ) -> None:
+        super().__init__()
+        _check_choice("scores", scores, _SCORES)
+        _check_choice("reduction", reduction, _REDUCTIONS)
+        self.hierarchy = hierarchy
+        self.scores = scores
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+
+    def forward(self, node_scores: Tensor, targets: Tensor, leaf_logits: Tensor | None = None):
+        mask, t = _labelled(self.hierarchy, node_scores, targets, self.ignore_index)
+        s = _as_float(node_scores)
+        if self.scores == "sigmoid":
+            s = torch.sigmoid(s)
+        plan = state_plan(self.hierarchy, s.device)
+        per_sample = CombinatorialNLL.apply(s, t, plan)
+        return _reduce(per_sample, mask, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"scores={self.scores!r}, reduction={self.reduction!r}, ignore={self.ignore_index}"
+
+
+def sigmoid_loss_floor(hierarchy: Hierarchy, targets: Tensor) -> Tensor:
+    """[B] infimum of the ``scores="sigmoid"`` combinatorial loss for each label (0 for negative
+    targets).
+
+    The probability of the label's subtree is increasing in the scores of the label, its
+    ancestors and its descendants, and decreasing in every other score, so the infimum over
+    scores in (0, 1) is reached in the limit of 1 on those nodes and 0 elsewhere. With 0 scores
+    the empty state and the states that leave the label's path still weigh exp(0) or more.
+    """
+    t = targets.long()
+    mask = t >= 0
+    t = torch.where(mask, t, torch.zeros_like(t))
+    tens = hierarchy.tensors(t.device)
+    lev = tens.levels[t]
+    # v is in l's subtree iff its ancestor at l's level is l.
+    in_subtree = tens.paths.t()[lev - 1] == t[:, None]  # [B, N]
+    path = tens.paths[t]
+    on_path = torch.zeros(in_subtree.shape, device=t.device).scatter_add_(
+        1, path.clamp_min(0), (path >= 0).float()
+    )  # [B, N] > 0 at l and its ancestors
+    s = (in_subtree | (on_path > 0)).float()
+    loss = CombinatorialLoss(hierarchy, scores="logits", reduction="none")
+    with torch.no_grad():
+        per_sample = loss(s, t)
+    return torch.where(mask, per_sample, torch.zeros_like(per_sample))
+
+
+class HRNLoss(nn.Module):
+    """The HRN paper's total loss: ``combinatorial_weight * CombinatorialLoss +
+    leaf_weight * cross-entropy`` of a separate leaf head.
+
+    The cross-entropy uses ``leaf_logits`` [B, L] (column j = leaf column
+    ``h.tensors().leaves[j]``) and only the samples labelled with a leaf; with ``"mean"`` it is
+    averaged over those samples and is 0 when there are none. The combinatorial term uses every
+    labelled sample. ``parts(...)`` returns the terms separately, for logging.
+    """
+
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        scores: str = "sigmoid",
+        combinatorial_weight: float = 1.0,
+        leaf_weight: float = 1.0,
+        reduction: str = "mean",
+        ignore_index: int = -100,
+    ) -> None:
+        super().__init__()
+        self.combinatorial = CombinatorialLoss(hierarchy, scores, reduction, ignore_index)
+        self.hierarchy = hierarchy
+        self.combinatorial_weight = float(combinatorial_weight)
+        self.leaf_weight = float(leaf_weight)
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+        leaves = hierarchy.tensors().leaves
+        leaf_pos = torch.full((hierarchy.num_nodes,), -1, dtype=torch.long)
+        leaf_pos[leaves] = torch.arange(len(leaves))
+        self.num_leaves = len(leaves)
+        self.register_buffer("leaf_position", leaf_pos, persistent=False)
+
+    def parts(
+        self, node_scores: Tensor, targets: Tensor, leaf_logits: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """{"combinatorial", "leaf_ce", "total"}; each reduced as ``reduction`` says."""
+        comb = self.combinatorial(node_scores, targets)
+        if leaf_logits is None:
+            if self.leaf_weight != 0:
+                raise ValueError(
+                    "HRNLoss needs `leaf_logits` (the model's leaf head output, "
+                    "HeadOutput.leaf_logits) unless leaf_weight=0"
+                )
+            leaf_ce = torch.zeros_like(comb)
+        else:
+            n_leaves = self.num_leaves
+            if leaf_logits.ndim != 2 or leaf_logits.shape != (node_scores.shape[0], n_leaves):
+                raise ValueError(
+                    f"Expected `leaf_logits` of shape [{node_scores.shape[0]}, {n_leaves}] (one "
+                    f"column per leaf), but got {list(leaf_logits.shape)}"
+                )
+            mask, t = _labelled(self.hierarchy, node_scores, targets, self.ignore_index)
+            leaf_t = self.leaf_position.to(t.device)[t]
+            mask = mask & (leaf_t >= 0)
+            ce = F.cross_entropy(_as_float(leaf_logits), leaf_t.clamp_min(0), reduction="none")
+            leaf_ce = _reduce(ce, mask, self.reduction)
+        total = self.combinatorial_weight * comb + self.leaf_weight * leaf_ce
+        return {"combinatorial": comb, "leaf_ce": leaf_ce, "total": total}
+
+    def forward(self, node_scores: Tensor, targets: Tensor, leaf_logits: Tensor | None = None):
+        return self.parts(node_scores, targets, leaf_logits)["total"]
+
+    def extra_repr(self) -> str:
+        return f"combinatorial_weight={self.combinatorial_weight}, leaf_weight={self.leaf_weight}"
+
+
+class PerLevelCrossEntropy(nn.Module):
+    """Baseline for "level_logits" heads: one softmax cross-entropy per level, on the level's
+    slice of ``node_scores``, summed over the levels a sample is labelled at (levels below a
+    coarse label are unknown and skipped). ``"mean"`` averages the per-sample sums over the
+    labelled samples."""
+
+    def __init__(
+        self, hierarchy: Hierarchy, reduction: str = "mean", ignore_index: int = -100
+    ) -> None:
+        super().__init__()
+        _check_choice("reduction", reduction, _REDUCTIONS)
+        self.hierarchy = hierarchy
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+
+    def forward(self, node_scores: Tensor, targets: Tensor, leaf_logits: Tensor | None = None):
+        h = self.hierarchy
+        mask, t = _labelled(h, node_scores, targets, self.ignore_index)
+        s = _as_float(node_scores)
+        level_t = h.level_targets(torch.where(mask, t, torch.full_like(t, -1)))  # [B, D]
+        per_sample = s.new_zeros(s.shape[0])
+        for d in range(1, h.num_levels + 1):
+            sl = h.level_slice(d)
+            td = level_t[:, d - 1]
+            known = td >= 0
+            ce = F.cross_entropy(s[:, sl], (td - sl.start).clamp_min(0), reduction="none")
+            per_sample = per_sample + torch.where(known, ce, torch.zeros_like(ce))
+        return _reduce(per_sample, mask, self.reduction)
+
+
+class LeafMarginalLoss(nn.Module):
+    """Baseline for "leaf_log_probs" heads (one softmax over the leaves): the negative log
+    probability of the label, where a coarse label's probability is the sum of its leaves'.
+
+    ``node_scores`` must already be log P(node) (see :func:`hmc.decoding.leaf_log_marginals`,
+    which the LeafHead applies), so the loss is ``-node_scores[b, target[b]]``."""
+
+    def __init__(
+        self, hierarchy: Hierarchy, reduction: str = "mean", ignore_index: int = -100
+    ) -> None:
+        super().__init__()
+        _check_choice("reduction", reduction, _REDUCTIONS)
+        self.hierarchy = hierarchy
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+
+    def forward(self, node_scores: Tensor, targets: Tensor, leaf_logits: Tensor | None = None):
+        mask, t = _labelled(self.hierarchy, node_scores, targets, self.ignore_index)
+        per_sample = -_as_float(node_scores).gather(1, t[:, None]).squeeze(1)
+        return _reduce(per_sample, mask, self.reduction)
+
+
+LOSSES: dict[str, type[nn.Module]] = {
+    "hrn": HRNLoss,
+    "combinatorial": CombinatorialLoss,
+    "per_level_ce": PerLevelCrossEntropy,
+    "leaf_marginal": LeafMarginalLoss,
+}
+
+
+def build_loss(name: str, hierarchy: Hierarchy, **kwargs: Any) -> nn.Module:
+    """A loss by name: "hrn", "combinatorial", "per_level_ce" or "leaf_marginal"."""
+    _check_choice("name", name, tuple(LOSSES))
+    return LOSSES[name](hierarchy, **kwargs)
