@@ -48,6 +48,13 @@ def guess_format(path: Path) -> str:
             first = f.readline().strip()
         if first.startswith(MAGIC):
             return "tree"
+        if suffix == ".txt" and "\t" not in first and "," not in first:
+            # A bare .txt list ("1 Phoebastria nigripes") is no table we can read safely.
+            raise HierarchyError(
+                f"{path}:1: unknown hierarchy format: a .txt file must start with {MAGIC!r} or "
+                f"be a tab/comma-separated table, got {first[:60]!r} (formats: "
+                f"{', '.join(FORMATS)})"
+            )
         header = [c.strip().lower() for c in _split(first, _delimiter(path, first))]
         return "edges" if header[:2] == ["parent", "child"] else "paths"
     raise HierarchyError(
@@ -86,35 +93,67 @@ def write_hierarchy(h: Hierarchy, path: str | Path, format: str | None = None) -
 
 
 # ------------------------------------------------------------------ hmc .tree format
+RESERVED_ATTRIBUTES = ("name", "level")
+RESERVED_METADATA = ("levels",)
+
+
+def _plain(text: str) -> bool:
+    return "\t" not in text and "\n" not in text and "\r" not in text
+
+
 def _encode_value(key: str, value: Any) -> str:
-    if isinstance(value, str) and "\t" not in value and "\n" not in value:
+    if isinstance(value, str) and _plain(value):
         return f"{key}={value}"
     return f"{key}:={json.dumps(value, ensure_ascii=False)}"
+
+
+def _check_key(key: Any, what: str) -> None:
+    if not isinstance(key, str) or not key or "=" in key or key.endswith(":") or not _plain(key):
+        raise HierarchyError(
+            f"{what} key {key!r} cannot be written to .tree: keys are non-empty strings "
+            "without '=', tabs or newlines, and do not end with ':'"
+        )
 
 
 def format_tree(h: Hierarchy) -> str:
     """The hmc ``.tree`` text of ``h``: metadata lines, then one node per line, parents first."""
     out = [MAGIC]
     for key, value in h.metadata.items():
-        if isinstance(value, str) and "\t" not in value and "\n" not in value:
+        _check_key(key, "metadata")
+        if key in RESERVED_METADATA or key.endswith(":="):
+            raise HierarchyError(f"metadata key {key!r} is reserved in the .tree format")
+        if isinstance(value, str) and _plain(value):
             out.append(f"@{key}\t{value}")
         else:
             out.append(f"@{key}:=\t{json.dumps(value, ensure_ascii=False)}")
+    for level in h.level_names:
+        if not _plain(level):
+            raise HierarchyError(f"level name {level!r} cannot contain tabs or newlines")
     out.append("@levels\t" + "\t".join(h.level_names))
     out.append("# id\tparent\tname\tattributes (key=value, or key:=json)")
-    rows = []
-    if h.root != VIRTUAL_ROOT or len(h.children()) == 1:
-        rows.append((h.root, "", h.name(h.root), h.attributes(h.root)))
+    # A virtual root is implicit (parentless rows hang from it) unless a single top node, a
+    # name or attributes would otherwise be lost: then it is written like a real root.
+    root_attrs = h.attributes(h.root)
+    write_root = (
+        h.root != VIRTUAL_ROOT or len(h.children()) == 1 or h.name(h.root) != "root" or root_attrs
+    )
+    rows = [(h.root, "")] if write_root else []
     for n in h.nodes:
         parent = h.parent(n)
-        rows.append((n, "" if parent == VIRTUAL_ROOT else parent, h.name(n), h.attributes(n)))
-    for node, parent, name, attrs in rows:
-        for field in (node, parent, name):
-            if "\t" in field or "\n" in field:
-                raise HierarchyError(
-                    f"node {node!r}: ids and names cannot contain tabs or newlines"
-                )
-        cells = [node, parent, name] + [_encode_value(k, v) for k, v in attrs.items()]
+        rows.append((n, "" if parent == h.root and not write_root else parent))
+    for node, parent in rows:
+        name, attrs = h.name(node), h.attributes(node)
+        if not node or node != node.strip() or node[0] in "#@" or not _plain(node):
+            raise HierarchyError(
+                f"node {node!r}: in the .tree format an id is non-empty, has no surrounding "
+                "spaces, tabs or newlines, and does not start with '#' or '@'"
+            )
+        if not _plain(name):
+            raise HierarchyError(f"node {node!r}: display name {name!r} has a tab or newline")
+        cells = [node, parent, name]
+        for k, v in attrs.items():
+            _check_key(k, f"node {node!r}: attribute")
+            cells.append(_encode_value(k, v))
         out.append("\t".join(cells))
     return "\n".join(out) + "\n"
 
@@ -141,7 +180,9 @@ def parse_tree(text: str, source: str = "<string>") -> Hierarchy:
             if not key:
                 raise HierarchyError(f"{where}: metadata line without a key: {line!r}")
             if key == "levels":
-                level_names = [v for v in value.split("\t") if v]
+                level_names = value.split("\t")
+                if any(not v.strip() for v in level_names):
+                    raise HierarchyError(f"{where}: empty level name in {level_names}")
             elif key.endswith(":="):
                 metadata[key[:-2]] = _json(value, where)
             else:
@@ -168,11 +209,19 @@ def parse_tree(text: str, source: str = "<string>") -> Hierarchy:
                 raise HierarchyError(f"{where}: attribute {cell!r} is not key=value")
             key, value = cell.split("=", 1)
             if key.endswith(":"):
-                attrs[key[:-1]] = _json(value, where)
-            else:
-                attrs[key] = value
+                key = key[:-1]
+                value = _json(value, where)
+            if not key or key in RESERVED_ATTRIBUTES:
+                raise HierarchyError(
+                    f"{where}: node {node!r}: attribute key {key!r} is "
+                    + ("empty" if not key else f"reserved ({', '.join(RESERVED_ATTRIBUTES)})")
+                )
+            if key in attrs:
+                raise HierarchyError(f"{where}: node {node!r}: attribute {key!r} given twice")
+            attrs[key] = value
         defined[node] = lineno
-        graph.add_node(node, name=name or node, **attrs)
+        graph.add_node(node, **attrs)
+        graph.nodes[node]["name"] = name or node
         if parent:
             parent_of[node] = (parent, lineno)
     for node, (parent, lineno) in parent_of.items():
@@ -183,7 +232,7 @@ def parse_tree(text: str, source: str = "<string>") -> Hierarchy:
         graph.add_edge(parent, node)
     if not defined:
         raise HierarchyError(f"{source}: no nodes")
-    _check_tree(graph, where=source)
+    _check_tree(graph, where=source, lines=defined)
     try:
         return Hierarchy(graph, level_names=level_names, metadata=metadata)
     except HierarchyError as e:

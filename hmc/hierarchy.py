@@ -9,9 +9,11 @@ level form one contiguous column range. The root is level 0 and has no column.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -73,7 +75,7 @@ class Hierarchy:
         level_names: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        graph = _check_tree(graph, where="graph")
+        graph = _check_tree(_as_str_ids(graph), where="graph")
         roots = [n for n in graph if graph.in_degree(n) == 0]
         if len(roots) == 1:
             root = roots[0]
@@ -89,7 +91,13 @@ class Hierarchy:
             raise HierarchyError("the hierarchy has no nodes below its root")
         if level_names is None:
             level_names = [f"level_{d}" for d in range(1, num_levels + 1)]
+        if isinstance(level_names, str):
+            raise HierarchyError(
+                f"Expected argument `level_names` to be a sequence of names, got {level_names!r}"
+            )
         level_names = tuple(str(n) for n in level_names)
+        if any(not n.strip() for n in level_names):
+            raise HierarchyError(f"empty level name in {list(level_names)}")
         if len(level_names) != num_levels:
             raise HierarchyError(
                 f"{len(level_names)} level names {list(level_names)} given, but the tree has "
@@ -112,7 +120,7 @@ class Hierarchy:
         self._parent_ids = {n: next(iter(graph.predecessors(n))) for n in order}
         self._children = {n: tuple(graph.successors(n)) for n in [root, *order]}
         self._depth = {n: depth[n] for n in order}
-        self._names = {n: str(graph.nodes[n].get("name", n)) for n in [root, *order]}
+        self._names = {n: _display_name(graph.nodes[n], n) for n in [root, *order]}
         self._attrs = {
             n: {k: v for k, v in graph.nodes[n].items() if k not in ("name", "level")}
             for n in [root, *order]
@@ -170,13 +178,18 @@ class Hierarchy:
         attributes: Mapping[str, Mapping[str, Any]] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> Hierarchy:
-        """Build from root-to-node rows such as ``("Passeriformes", "Parulidae", "Yellow Warbler")``.
+        """Build from top-to-node rows such as ``("Passeriformes", "Parulidae", "Yellow Warbler")``.
 
-        Rows may be ragged: a shorter row, or trailing empty cells, ends higher in the tree.
+        Cell ``d`` of a row is a level-``d+1`` node; the root is implicit (virtual), so even a
+        single top-level node gets a column. Rows may be ragged: a shorter row, or trailing
+        empty cells, ends higher in the tree. Rows may repeat prefixes of other rows.
         """
-        edges: list[tuple[str, str]] = []
-        tops: list[str] = []
+        graph = nx.DiGraph()
+        graph.add_node(VIRTUAL_ROOT, name="root")
+        seen: dict[str, tuple[str, int]] = {}
         for i, row in enumerate(rows):
+            if isinstance(row, str):
+                raise HierarchyError(f"row {i}: expected a sequence of ids, got the string {row!r}")
             cells = [None if c is None else str(c).strip() for c in row]
             while cells and not cells[-1]:
                 cells.pop()
@@ -184,20 +197,16 @@ class Hierarchy:
                 continue
             if any(not c for c in cells):
                 raise HierarchyError(f"row {i}: empty cell inside the path {list(row)!r}")
-            if cells[0] not in tops:
-                tops.append(cells[0])
-            edges.extend(zip(cells[:-1], cells[1:]))
-        graph_edges = [(VIRTUAL_ROOT, t) for t in tops] + edges
-        graph = nx.DiGraph()
-        graph.add_node(VIRTUAL_ROOT, name="root")
-        seen_parent: dict[str, str] = {}
-        for parent, child in graph_edges:
-            if child in seen_parent and seen_parent[child] != parent:
-                raise HierarchyError(
-                    f"node {child!r} has two parents, {seen_parent[child]!r} and {parent!r}"
-                )
-            seen_parent[child] = parent
-            graph.add_edge(parent, child)
+            for parent, child in zip([VIRTUAL_ROOT, *cells[:-1]], cells, strict=True):
+                if child in seen and seen[child][0] != parent:
+                    first, first_row = seen[child]
+                    raise HierarchyError(
+                        f"row {i}: node {child!r} has two parents, {_parent_str(first)} "
+                        f"(row {first_row}) and {_parent_str(parent)}"
+                    )
+                if child not in seen:
+                    seen[child] = (parent, i)
+                    graph.add_edge(parent, child)
         for node, name in (names or {}).items():
             if node not in graph:
                 raise UnknownLabelError(f"name given for {node!r}, which is not in any path")
@@ -232,7 +241,8 @@ class Hierarchy:
 
     @classmethod
     def from_file(cls, path: str | Path, format: str | None = None) -> Hierarchy:
-        """Read a hierarchy file. ``format`` is one of :data:`hmc.io.FORMATS`; by default it is
+        """Read a hierarchy file or NABirds folder. ``format`` is one of ``"tree"``, ``"edges"``,
+        ``"paths"``, ``"json"``, ``"nabirds"`` (see ``hmc._hierarchy_io``); by default it is
         guessed from the file's name and first line."""
         from hmc._hierarchy_io import read_hierarchy
 
@@ -257,29 +267,49 @@ class Hierarchy:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-able description (for checkpoints: loads with ``weights_only=True``)."""
-        return {
-            "format": "hmc-hierarchy/1",
-            "root": self._root,
-            "root_name": self._names[self._root],
-            "root_attributes": self._attrs[self._root],
-            "level_names": list(self._level_names),
-            "metadata": self._metadata,
-            "nodes": [
-                [n, self._parent_ids[n], self._names[n], self._attrs[n]] for n in self._nodes
-            ],
-        }
+        # Deep copy: callers may edit the dict without touching this (immutable) hierarchy.
+        return copy.deepcopy(
+            {
+                "format": DICT_FORMAT,
+                "root": self._root,
+                "root_name": self._names[self._root],
+                "root_attributes": self._attrs[self._root],
+                "level_names": list(self._level_names),
+                "metadata": self._metadata,
+                "nodes": [
+                    [n, self._parent_ids[n], self._names[n], self._attrs[n]] for n in self._nodes
+                ],
+            }
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Hierarchy:
         """Inverse of :meth:`to_dict`."""
+        if not isinstance(data, Mapping):
+            raise HierarchyError(f"Expected a dict from Hierarchy.to_dict(), got {type(data)}")
+        if data.get("format", DICT_FORMAT) != DICT_FORMAT:
+            raise HierarchyError(
+                f"Expected format {DICT_FORMAT!r} in the hierarchy dict, got {data['format']!r}"
+            )
+        missing = [k for k in ("root", "level_names", "nodes") if k not in data]
+        if missing:
+            raise HierarchyError(f"hierarchy dict lacks the key(s) {missing}")
         g = nx.DiGraph()
-        g.add_node(
-            data["root"],
-            name=data.get("root_name", data["root"]),
-            **data.get("root_attributes", {}),
-        )
-        for node, parent, name, attrs in data["nodes"]:
-            g.add_node(node, name=name, **attrs)
+        g.add_node(data["root"], **data.get("root_attributes", {}))
+        g.nodes[data["root"]]["name"] = data.get("root_name", data["root"])
+        seen: set[str] = set()
+        for i, row in enumerate(data["nodes"]):
+            if not isinstance(row, Sequence) or len(row) != 4:
+                raise HierarchyError(
+                    f"hierarchy dict: nodes[{i}] must be [id, parent, name, attributes], "
+                    f"got {row!r}"
+                )
+            node, parent, name, attrs = row
+            if node in seen or node == data["root"]:
+                raise HierarchyError(f"hierarchy dict: duplicate id {node!r} (nodes[{i}])")
+            seen.add(node)
+            g.add_node(node, **attrs)
+            g.nodes[node]["name"] = name
             g.add_edge(parent, node)
         return cls(g, level_names=data["level_names"], metadata=data.get("metadata"))
 
@@ -329,6 +359,8 @@ class Hierarchy:
         return torch.tensor([self.index(n) for n in nodes], dtype=torch.long)
 
     def _unknown_message(self, node: object) -> str:
+        if node == self._root:
+            return f"{node!r} is the root of the hierarchy, which has no column"
         close = difflib.get_close_matches(str(node), self._nodes, n=3)
         by_name = [n for n in self._nodes if self._names[n] == node]
         hint = ""
@@ -340,14 +372,18 @@ class Hierarchy:
         return f"label {node!r} is not a node of {label}{hint}"
 
     def _id(self, node: str | int) -> str:
-        if isinstance(node, int):
-            if not 0 <= node < len(self._nodes):
-                raise IndexError(f"column {node} out of range for {len(self._nodes)} nodes")
-            return self._nodes[node]
-        if node == self._root:
+        """Id of a node given by id (the root included) or column (int-like)."""
+        if isinstance(node, str):
+            if node != self._root:
+                self.index(node)
             return node
-        self.index(node)
-        return node
+        try:
+            col = operator.index(node)  # int, numpy integer, integer 0-d tensor
+        except TypeError:
+            raise UnknownLabelError(self._unknown_message(node)) from None
+        if not 0 <= col < len(self._nodes):
+            raise IndexError(f"column {col} out of range for {len(self._nodes)} nodes")
+        return self._nodes[col]
 
     def name(self, node: str | int) -> str:
         """Display name of a node id or column."""
@@ -428,11 +464,14 @@ class Hierarchy:
         return offsets
 
     def leaves_below(self, node: str | int) -> torch.Tensor:
-        """[K] columns of the leaves in ``node``'s subtree (``node`` itself if a leaf)."""
-        col = self.index(self._id(node)) if not isinstance(node, int) else node
+        """[K] columns of the leaves in ``node``'s subtree (``node`` itself if a leaf; all
+        leaves for the root), ascending. O(L); no leaves x nodes matrix."""
+        n = self._id(node)
         t = self.tensors()
-        d = int(t.levels[col])
-        return t.leaves[t.paths[t.leaves, d - 1] == col]
+        if n == self._root:
+            return t.leaves.clone()
+        col = self._index[n]
+        return t.leaves[t.paths[t.leaves, self._depth[n] - 1] == col]
 
     # ------------------------------------------------------------ tensor views
     def tensors(self, device: torch.device | str | None = None) -> HierarchyTensors:
@@ -496,6 +535,10 @@ class Hierarchy:
     def level_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """Per-level targets. targets: [B] columns (negative = unlabelled) -> [B, D] columns,
         -1 below a coarse label and everywhere for unlabelled samples."""
+        if targets.is_floating_point() or targets.dtype == torch.bool:
+            raise HierarchyError(
+                f"Expected `targets` to be an integer tensor of columns, got {targets.dtype}"
+            )
         paths = self.tensors(targets.device).paths
         valid = targets >= 0
         out = paths[targets.clamp_min(0)]
@@ -503,33 +546,53 @@ class Hierarchy:
 
     # --------------------------------------------------------------- distances
     def lca_level(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Level of the lowest common ancestor of columns ``a`` and ``b`` (same shape, any
-        shape); 0 when it is the root. Cost O(numel x D), no pairwise matrix."""
+        """Level of the lowest common ancestor of columns ``a`` and ``b``; 0 when it is the
+        root, -1 where ``a`` or ``b`` is negative (unlabelled). ``a`` and ``b`` broadcast
+        (e.g. [B, 1] against [1, K] gives [B, K]). Cost O(numel x D), no pairwise matrix."""
         paths = self.tensors(a.device).paths
-        pa, pb = paths[a], paths[b]
+        pa, pb = paths[a.clamp_min(0)], paths[b.clamp_min(0)]
         # Ancestor chains are prefixes, so equality at level k implies equality above it.
-        return ((pa == pb) & (pa >= 0)).sum(-1)
+        lca = ((pa == pb) & (pa >= 0)).sum(-1)
+        return torch.where((a < 0) | (b < 0), torch.full_like(lca, -1), lca)
 
     def tree_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Number of edges between columns ``a`` and ``b`` (same shape)."""
+        """Number of edges between columns ``a`` and ``b`` (broadcastable shapes); -1 where
+        ``a`` or ``b`` is negative."""
         levels = self.tensors(a.device).levels
-        return levels[a] + levels[b] - 2 * self.lca_level(a, b)
+        dist = levels[a.clamp_min(0)] + levels[b.clamp_min(0)] - 2 * self.lca_level(a, b)
+        return torch.where((a < 0) | (b < 0), torch.full_like(dist, -1), dist)
 
     # ----------------------------------------------------------------- derived
-    def restrict(self, leaves: Iterable[str], *, prune: bool = True) -> Hierarchy:
-        """The sub-tree spanned by ``leaves`` (any nodes) and their ancestors. Levels that end
-        up empty raise. Metadata records the restriction."""
+    def restrict(self, nodes: Iterable[str | int], *, descendants: bool = False) -> Hierarchy:
+        """The sub-tree spanned by ``nodes`` (ids or columns, at any depth) and their ancestors,
+        e.g. ``cub200.restrict(species_in_my_data)``. With ``descendants=True`` the subtrees
+        below ``nodes`` are kept too. Relative column order, names and attributes are kept;
+        trailing levels that end up empty are dropped. ``column_map`` translates targets."""
         keep: set[str] = set()
-        for leaf in leaves:
-            keep.update(self.ancestors(leaf))
+        for node in nodes:
+            n = self._id(node)
+            keep.update(self.ancestors(n))
+            if descendants:
+                stack = list(self._children[n])
+                while stack:
+                    keep.add(stack[-1])
+                    stack.extend(self._children[stack.pop()])
         if not keep:
-            raise HierarchyError("restrict() needs at least one node")
+            raise HierarchyError("restrict() needs at least one node below the root")
         g = self.to_networkx()
         g.remove_nodes_from([n for n in self._nodes if n not in keep])
         meta = dict(self._metadata)
-        meta["restricted_from"] = self._metadata.get("name", "hierarchy")
+        meta["restricted_from"] = (
+            f"{self._metadata.get('name', 'hierarchy')} ({self.fingerprint()})"
+        )
         num_levels = max(self._depth[n] for n in keep)
         return Hierarchy(g, level_names=self._level_names[:num_levels], metadata=meta)
+
+    def column_map(self, other: Hierarchy) -> torch.Tensor:
+        """[N] column in ``other`` of each of this hierarchy's columns, -1 where the node is
+        not in ``other``. Translate targets with ``h.column_map(h2)[targets]`` (after
+        ``restrict``, or between two versions of a tree that share ids)."""
+        return torch.tensor([other._index.get(n, -1) for n in self._nodes], dtype=torch.long)
 
     def fingerprint(self) -> str:
         """sha256 of the structure and column order (not of names or attributes)."""
@@ -578,18 +641,57 @@ class Hierarchy:
         return "\n".join(lines)
 
 
-def _check_tree(graph: nx.DiGraph, *, where: str) -> nx.DiGraph:
-    """Copy ``graph`` and check that it is a forest of rooted trees, naming the offender."""
+DICT_FORMAT = "hmc-hierarchy/1"
+
+
+def _parent_str(parent: str) -> str:
+    return "the top level" if parent == VIRTUAL_ROOT else repr(parent)
+
+
+def _display_name(data: Mapping[str, Any], node: str) -> str:
+    name = data.get("name")
+    return node if name is None or name == "" else str(name)
+
+
+def _as_str_ids(graph: nx.DiGraph) -> nx.DiGraph:
+    """``graph`` with string node ids (a relabelled copy if needed), rejecting ids that
+    collide once converted (``1`` and ``"1"``) and empty ids."""
+    if not isinstance(graph, nx.DiGraph):
+        raise HierarchyError(f"Expected a networkx.DiGraph, got {type(graph).__name__}")
+    if all(isinstance(n, str) and n for n in graph):
+        return graph
+    mapping: dict[Any, str] = {}
+    seen: dict[str, Any] = {}
+    for n in graph:
+        s = str(n)
+        if not s:
+            raise HierarchyError("empty node id")
+        if s in seen:
+            raise HierarchyError(f"duplicate id {s!r} (nodes {seen[s]!r} and {n!r})")
+        seen[s] = n
+        mapping[n] = s
+    return nx.relabel_nodes(graph, mapping, copy=True)
+
+
+def _check_tree(
+    graph: nx.DiGraph, *, where: str, lines: Mapping[str, int] | None = None
+) -> nx.DiGraph:
+    """Copy ``graph`` and check that it is a forest of rooted trees, naming the offender (and
+    its line, when ``lines`` maps ids to line numbers)."""
+
+    def at(node: Any) -> str:
+        return f"{where}:{lines[node]}" if lines and node in lines else where
+
     g = nx.DiGraph(graph)
     if g.number_of_nodes() == 0:
         raise HierarchyError(f"{where}: the hierarchy is empty")
     for node in g:
         if g.in_degree(node) > 1:
             parents = sorted(map(str, g.predecessors(node)))
-            raise HierarchyError(f"{where}: node {node!r} has {len(parents)} parents: {parents}")
+            raise HierarchyError(f"{at(node)}: node {node!r} has {len(parents)} parents: {parents}")
     try:
         cycle = nx.find_cycle(g)
     except nx.NetworkXNoCycle:
         return g
-    chain = " -> ".join(str(u) for u, _ in cycle) + f" -> {cycle[0][0]}"
-    raise HierarchyError(f"{where}: cycle {chain}")
+    chain = " -> ".join(repr(u) for u, _ in cycle) + f" -> {cycle[0][0]!r}"
+    raise HierarchyError(f"{at(cycle[0][0])}: cycle {chain} (node {cycle[0][0]!r})")
