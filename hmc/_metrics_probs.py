@@ -1,0 +1,251 @@
+"""Metrics that rank or bin the node probabilities: top-k accuracy, average hierarchical
+distance, average precision and calibration error. All states are bounded (no per-sample
+storage) and sum across processes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hmc._metrics_batch import MetricBatch
+from hmc._metrics_core import HierarchicalMetric, ratio
+from hmc.hierarchy import Hierarchy
+
+__all__ = [
+    "TopKAccuracy",
+    "AverageHierarchicalDistance",
+    "HierarchicalAveragePrecision",
+    "LevelCalibrationError",
+    "binned_average_precision",
+]
+
+_HISTC_CHUNK = 1 << 24  # histc counts in the input's float dtype: exact up to 2**24 per call
+
+
+def _check_ks(ks: int | Sequence[int], name: str) -> tuple[int, ...]:
+    ks = (ks,) if isinstance(ks, int) else tuple(ks)
+    if not ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks):
+        raise ValueError(f"Expected argument `{name}` to be positive integers, but got {ks!r}")
+    return tuple(sorted(set(ks)))
+
+
+class TopKAccuracy(HierarchicalMetric):
+    """``top<k>/<level>``: share of the samples labelled at a level whose label's ancestor there
+    is among the k most probable nodes of that level (``node_probs`` restricted to the level's
+    slice; k is clipped to the level's size). Ties are broken towards the lower column, as
+    argmax does, so top-1 equals the accuracy of the per-level argmax."""
+
+    higher_is_better = True
+    needs_probs = True
+
+    def __init__(self, hierarchy: Hierarchy, top_k: int | Sequence[int] = 5, **kwargs: Any):
+        super().__init__(hierarchy, **kwargs)
+        self.top_k = _check_ks(top_k, "top_k")
+        self._add_count("hits", (len(self.top_k), hierarchy.num_levels))
+        self._add_count("total", (hierarchy.num_levels,))
+
+    def _update(self, batch: MetricBatch) -> None:
+        h = self.hierarchy
+        for d in range(1, h.num_levels + 1):
+            col = batch.level_targets[:, d - 1]
+            counted = col >= 0
+            if not bool(counted.any()):
+                continue
+            size = h.level_slice(d).stop - h.level_slice(d).start
+            ks = [min(k, size) for k in self.top_k]
+            values, _ = batch.level_topk(d, max(ks))  # [B, k'] best first
+            kth = values[:, [k - 1 for k in ks]]  # [B, K]
+            pt = batch.target_probs(d)[:, None]  # [B, 1]
+            hit = pt > kth  # rank < k unless the label ties with the k-th value
+            tie = counted & (pt == kth).any(1)
+            if bool(tie.any()):
+                rows = tie.nonzero().squeeze(1)
+                p = batch.level_probs(d)[rows]  # [R, n_d]
+                local = col[rows] - h.level_slice(d).start
+                before = torch.arange(size, device=p.device)[None, :] < local[:, None]
+                ptr = pt[rows]
+                rank = (p > ptr).sum(1) + ((p == ptr) & before).sum(1)
+                hit[rows] = rank[:, None] < torch.tensor(ks, device=p.device)[None, :]
+            self.hits[:, d - 1] += (hit & counted[:, None]).sum(0)
+            self.total[d - 1] += counted.sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for i, k in enumerate(self.top_k):
+            out.update(
+                zip(
+                    self._level_keys(f"top{k}"),
+                    ratio(self.hits[i], self.total).unbind(),
+                    strict=True,
+                )
+            )
+        return out
+
+
+class AverageHierarchicalDistance(HierarchicalMetric):
+    """``ahd@<k>`` (Bertinetto et al., 2020, "Making Better Mistakes"): for a sample labelled at
+    level l, rank level l's nodes by probability and take the k best (k clipped to the level's
+    size); the value is the mean over these (sample, prediction) pairs of the LCA height
+    l - level(LCA(prediction, label)), in levels (0 for a correct prediction). Ties among equal
+    probabilities are ordered by ``torch.topk``."""
+
+    higher_is_better = False
+    needs_probs = True
+
+    def __init__(self, hierarchy: Hierarchy, k: int | Sequence[int] = (1, 5), **kwargs: Any):
+        super().__init__(hierarchy, **kwargs)
+        self.k = _check_ks(k, "k")
+        self._add_count("height", (len(self.k),))
+        self._add_count("pairs", (len(self.k),))
+
+    def _update(self, batch: MetricBatch) -> None:
+        h = self.hierarchy
+        y = batch.deepest_target()
+        for d in range(1, h.num_levels + 1):
+            rows = (batch.label_level == d).nonzero().squeeze(1)
+            if not rows.numel():
+                continue
+            size = h.level_slice(d).stop - h.level_slice(d).start
+            ks = [min(k, size) for k in self.k]
+            _, cols = batch.level_topk(d, max(ks))
+            cols = cols[rows]  # [R, k']
+            height = d - h.lca_level(cols, y[rows, None].expand_as(cols))
+            cum = height.cumsum(1)  # [R, k']
+            idx = torch.tensor([k - 1 for k in ks], device=cum.device)
+            self.height += cum[:, idx].sum(0)
+            self.pairs += torch.tensor(ks, device=cum.device) * rows.numel()
+
+    def compute(self) -> dict[str, Tensor]:
+        return {
+            f"ahd@{k}": v
+            for k, v in zip(self.k, ratio(self.height, self.pairs).unbind(), strict=True)
+        }
+
+
+def binned_average_precision(pos: Tensor, neg: Tensor) -> Tensor:
+    """Average precision from per-bin counts. pos, neg: [..., T] counts of positive and negative
+    scores in bins [j/T, (j+1)/T) (1.0 in the last). With thresholds t_j = j/T:
+    AP = sum_j (R_j - R_{j+1}) P_j, R_T = 0, P_j = 1 when nothing scores >= t_j (as torchmetrics'
+    binned curve). NaN where there are no positives. -> [...]."""
+    pos, neg = pos.to(torch.float64), neg.to(torch.float64)
+    tp = pos.flip(-1).cumsum(-1).flip(-1)  # scores >= t_j
+    fp = neg.flip(-1).cumsum(-1).flip(-1)
+    called = tp + fp
+    precision = torch.where(called > 0, tp / called.clamp_min(1), torch.ones_like(tp))
+    total = tp[..., :1]
+    recall = tp / total.clamp_min(1)
+    drop = recall - torch.cat([recall[..., 1:], torch.zeros_like(recall[..., :1])], -1)
+    ap = (drop * precision).sum(-1)
+    return torch.where(total[..., 0] > 0, ap, torch.full_like(ap, float("nan")))
+
+
+class HierarchicalAveragePrecision(HierarchicalMetric):
+    """Average precision of the node-membership matrix (C-HMCNN's "AU(PRC)" micro average).
+
+    Each (sample, node) pair at a level the sample is labelled at is one binary decision:
+    positive when the node is the label or one of its ancestors, scored by ``node_probs``.
+    ``ap/micro`` pools the pairs of all levels, ``ap/<level>`` those of one level. Scores are
+    binned into ``thresholds`` equal bins of [0, 1] (threshold j = j / thresholds), so the state
+    is 2 x levels x thresholds counts whatever the number of samples. Binned AP equals exact AP
+    when no bin holds two distinct scores; otherwise it is a close approximation.
+    """
+
+    higher_is_better = True
+    needs_probs = True
+
+    def __init__(self, hierarchy: Hierarchy, thresholds: int = 200, **kwargs: Any):
+        super().__init__(hierarchy, **kwargs)
+        if not isinstance(thresholds, int) or isinstance(thresholds, bool) or thresholds < 2:
+            raise ValueError(
+                f"Expected argument `thresholds` to be an integer >= 2, but got {thresholds!r}"
+            )
+        self.thresholds = thresholds
+        self._add_count("positives", (hierarchy.num_levels, thresholds))
+        self._add_count("negatives", (hierarchy.num_levels, thresholds))
+
+    def _hist(self, x: Tensor) -> Tensor:
+        return torch.histc(x, bins=self.thresholds, min=0.0, max=1.0).long()
+
+    def _update(self, batch: MetricBatch) -> None:
+        h = self.hierarchy
+        for d in range(1, h.num_levels + 1):
+            col = batch.level_targets[:, d - 1]
+            counted = col >= 0
+            if not bool(counted.any()):
+                continue
+            self.positives[d - 1] += self._hist(batch.target_probs(d)[counted])
+            p = batch.level_probs(d)
+            local = col - h.level_slice(d).start
+            rows = None if bool(counted.all()) else counted.nonzero().squeeze(1)
+            num_rows = p.shape[0] if rows is None else rows.numel()
+            step = max(1, _HISTC_CHUNK // max(1, p.shape[1]))
+            for r0 in range(0, num_rows, step):
+                if rows is None:
+                    x, t = p[r0 : r0 + step].clone(), local[r0 : r0 + step]
+                else:
+                    x, t = p[rows[r0 : r0 + step]], local[rows[r0 : r0 + step]]
+                x.scatter_(1, t[:, None], 2.0)  # out of histc's range: positives leave the count
+                self.negatives[d - 1] += self._hist(x)
+
+    def compute(self) -> dict[str, Tensor]:
+        per_level = binned_average_precision(self.positives, self.negatives)
+        micro = binned_average_precision(self.positives.sum(0), self.negatives.sum(0))
+        out = {"ap/micro": micro.to(torch.get_default_dtype())}
+        out.update(
+            zip(
+                self._level_keys("ap"),
+                per_level.to(torch.get_default_dtype()).unbind(),
+                strict=True,
+            )
+        )
+        return out
+
+
+class LevelCalibrationError(HierarchicalMetric):
+    """``ece/<level>``: expected calibration error (L1) of the top-1 prediction within each
+    level: confidence = the largest probability in the level's slice, correct = its node is the
+    label's ancestor; ``n_bins`` equal-width confidence bins, binned as torchmetrics'
+    ``MulticlassCalibrationError``. Independent of the decoder's predictions."""
+
+    higher_is_better = False
+    needs_probs = True
+
+    def __init__(self, hierarchy: Hierarchy, n_bins: int = 15, **kwargs: Any):
+        super().__init__(hierarchy, **kwargs)
+        if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
+            raise ValueError(
+                f"Expected argument `n_bins` to be an integer >= 1, but got {n_bins!r}"
+            )
+        self.n_bins = n_bins
+        shape = (hierarchy.num_levels, n_bins + 1)  # + 1: confidence exactly 1, as torchmetrics
+        self._add_count("count", shape)
+        self._add_count("correct", shape)
+        self._add_count("confidence", shape, dtype=torch.float64)
+
+    def _update(self, batch: MetricBatch) -> None:
+        for d in range(1, self.hierarchy.num_levels + 1):
+            col = batch.level_targets[:, d - 1]
+            counted = col >= 0
+            if not bool(counted.any()):
+                continue
+            conf, pred = batch.level_max(d)
+            conf, ok = conf[counted], (pred == col)[counted]
+            edges = torch.linspace(0, 1, self.n_bins + 1, dtype=conf.dtype, device=conf.device)
+            idx = torch.bucketize(conf, edges, right=True) - 1
+            self.count[d - 1] += torch.bincount(idx, minlength=self.n_bins + 1)
+            self.correct[d - 1] += torch.bincount(idx[ok], minlength=self.n_bins + 1)
+            self.confidence[d - 1] += torch.bincount(
+                idx, weights=conf.double(), minlength=self.n_bins + 1
+            )
+
+    def compute(self) -> dict[str, Tensor]:
+        count = self.count.to(torch.float64)
+        n = count.sum(1, keepdim=True)
+        gap = (self.correct - self.confidence).abs() / n.clamp_min(1)  # = prop * |acc - conf|
+        ece = torch.where(n[:, 0] > 0, gap.sum(1), torch.full_like(n[:, 0], float("nan")))
+        return dict(
+            zip(self._level_keys("ece"), ece.to(torch.get_default_dtype()).unbind(), strict=True)
+        )

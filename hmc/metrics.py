@@ -1,0 +1,238 @@
+"""Hierarchical classification metrics as torchmetrics ``Metric`` classes, and ``evaluate``.
+
+Every metric takes the same inputs: ``node_probs`` [B, N] probabilities in the hierarchy's
+column order (``hmc.decoding.node_probabilities`` or ``Decoded.node_probs``), ``targets`` [B]
+label columns (negative = unlabelled) or [B, D] per-level columns, and ``predictions`` [B, D]
+per-level columns with -1 below an early stop (``Decoded.nodes`` of any decoder), [B] node
+columns, or None for the per-level argmax of ``node_probs``. A sample counts only at the levels
+it is labelled at: a family label counts for order and family, not for species. Unlabelled
+samples count nowhere. A value with no sample to count is NaN.
+
+Result names (``HierarchicalMetrics.compute()``; ``<level>`` is a level name):
+
+==================  =================================================================
+acc/<level>         share of samples labelled at the level predicted correctly there
+acc/mean            mean of acc/<level> over levels
+top<k>/<level>      label's ancestor among the level's k most probable nodes
+fpa                 full-path accuracy: correct at every labelled level
+tice                predictions at the labelled levels that are not a (prefix) path
+hp, hr, hf1         hierarchical precision / recall / F1, micro (Kiritchenko et al.)
+hf1/macro           mean over samples of the per-sample hierarchical F1
+mistake_severity    mean LCA height (levels) of top-1 mistakes at the label's level
+ahd@<k>             mean LCA height of the k most probable nodes at the label's level
+ap/micro, ap/<lvl>  binned average precision of node membership, all levels / one level
+ece/<level>         expected calibration error (15 bins) of the level's top-1
+==================  =================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from torch import Tensor
+from torchmetrics import MetricCollection
+
+from hmc._metrics_batch import MetricBatch, as_tensor
+from hmc._metrics_confusion import LevelConfusion
+from hmc._metrics_core import (
+    FullPathAccuracy,
+    HierarchicalF1,
+    HierarchicalMetric,
+    InconsistencyRate,
+    LevelAccuracy,
+    MistakeSeverity,
+)
+from hmc._metrics_probs import (
+    AverageHierarchicalDistance,
+    HierarchicalAveragePrecision,
+    LevelCalibrationError,
+    TopKAccuracy,
+    binned_average_precision,
+)
+from hmc.hierarchy import Hierarchy
+
+__all__ = [
+    "METRIC_GROUPS",
+    "PROBABILITY_GROUPS",
+    "HierarchicalMetrics",
+    "evaluate",
+    "HierarchicalMetric",
+    "LevelAccuracy",
+    "TopKAccuracy",
+    "FullPathAccuracy",
+    "InconsistencyRate",
+    "HierarchicalF1",
+    "MistakeSeverity",
+    "AverageHierarchicalDistance",
+    "HierarchicalAveragePrecision",
+    "LevelCalibrationError",
+    "LevelConfusion",
+    "binned_average_precision",
+]
+
+#: Group name -> metric class, in the order of ``compute()``'s keys.
+METRIC_GROUPS: dict[str, type[HierarchicalMetric]] = {
+    "acc": LevelAccuracy,
+    "topk": TopKAccuracy,
+    "fpa": FullPathAccuracy,
+    "tice": InconsistencyRate,
+    "hf1": HierarchicalF1,
+    "mistake_severity": MistakeSeverity,
+    "ahd": AverageHierarchicalDistance,
+    "ap": HierarchicalAveragePrecision,
+    "ece": LevelCalibrationError,
+    "confusion": LevelConfusion,
+}
+#: The groups that need ``node_probs``.
+PROBABILITY_GROUPS = ("topk", "ahd", "ap", "ece")
+
+
+class HierarchicalMetrics(MetricCollection):
+    """All hierarchical metrics of :mod:`hmc.metrics` in one ``MetricCollection``.
+
+    Args:
+        hierarchy: the label tree whose column order the inputs use.
+        metrics: group names to include (keys of :data:`METRIC_GROUPS`); all by default.
+        top_k: k values of ``top<k>/<level>``.
+        ahd_k: k values of ``ahd@<k>``.
+        ap_thresholds: number of equal score bins of the average precision.
+        ece_bins: number of confidence bins of the calibration error.
+        confusion_max_dense: levels with at most this many nodes keep a dense confusion matrix.
+        confusion_capacity: cells of the bounded confusion table of bigger levels.
+        confusion_top_k: pairs per level returned by :meth:`confusions`.
+        validate_args: check shapes, ranges and level membership of every input.
+        prefix, postfix: added to every result name (``clone(prefix="val/")`` does the same).
+        kwargs: passed to every ``torchmetrics.Metric`` (``sync_on_compute``, ``process_group``...).
+
+    ``update`` formats a batch once and feeds it to every metric. ``compute()`` returns a flat
+    dict of scalar tensors; ``confusions()`` the top confused pairs per level.
+
+    Example:
+        >>> import torch
+        >>> from hmc import Hierarchy
+        >>> h = Hierarchy.from_paths([("a", "a1"), ("a", "a2"), ("b", "b1")])
+        >>> m = HierarchicalMetrics(h, metrics=["acc", "fpa", "tice"])
+        >>> targets = torch.tensor([h.index("a1"), h.index("b1"), h.index("a")])
+        >>> predictions = torch.tensor([[0, 2], [1, 3], [0, -1]])  # Decoded.nodes style
+        >>> {k: round(v.item(), 3) for k, v in m(None, targets, predictions).items()}
+        {'acc/level_1': 1.0, 'acc/level_2': 0.5, 'acc/mean': 0.75, 'fpa': 0.667, 'tice': 0.333}
+    """
+
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        *,
+        metrics: Iterable[str] | None = None,
+        top_k: int | Sequence[int] = 5,
+        ahd_k: int | Sequence[int] = (1, 5),
+        ap_thresholds: int = 200,
+        ece_bins: int = 15,
+        confusion_max_dense: int = 256,
+        confusion_capacity: int = 3 * 4096,
+        confusion_top_k: int = 20,
+        validate_args: bool = True,
+        prefix: str | None = None,
+        postfix: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        groups = list(METRIC_GROUPS) if metrics is None else list(metrics)
+        unknown = [g for g in groups if g not in METRIC_GROUPS]
+        if unknown or not groups:
+            raise ValueError(
+                f"Expected argument `metrics` to be a non-empty subset of {list(METRIC_GROUPS)}, "
+                f"but got {groups!r}"
+            )
+        options: dict[str, dict[str, Any]] = {
+            "topk": {"top_k": top_k},
+            "ahd": {"k": ahd_k},
+            "ap": {"thresholds": ap_thresholds},
+            "ece": {"n_bins": ece_bins},
+            "confusion": {
+                "max_dense": confusion_max_dense,
+                "capacity": confusion_capacity,
+                "top_k": confusion_top_k,
+            },
+        }
+        children = {
+            g: cls(hierarchy, validate_args=validate_args, **options.get(g, {}), **kwargs)
+            for g, cls in METRIC_GROUPS.items()
+            if g in groups
+        }
+        super().__init__(children, prefix=prefix, postfix=postfix, compute_groups=False)
+        self.hierarchy = hierarchy
+        self.validate_args = validate_args
+        self.needs_probs = any(g in PROBABILITY_GROUPS for g in children)
+
+    def _format(self, node_probs: Any, targets: Any, predictions: Any) -> MetricBatch:
+        if isinstance(node_probs, MetricBatch):
+            return node_probs
+        if node_probs is None and self.needs_probs:
+            have = [g for g in self.keys(keep_base=True) if g in PROBABILITY_GROUPS]
+            raise ValueError(
+                f"Expected argument `node_probs` for the metrics {have}, but got None; pass "
+                f"node_probs, or leave those out with `metrics=`"
+            )
+        return MetricBatch(
+            self.hierarchy, node_probs, targets, predictions, validate_args=self.validate_args
+        )
+
+    def update(self, node_probs: Any = None, targets: Any = None, predictions: Any = None) -> None:
+        """Accumulate one batch: node_probs [B, N] (or None without probability metrics),
+        targets [B] or [B, D], predictions [B, D] / [B] / None (per-level argmax)."""
+        batch = self._format(node_probs, targets, predictions)
+        for m in self.values(copy_state=False):
+            m.update(batch)
+
+    def forward(
+        self, node_probs: Any = None, targets: Any = None, predictions: Any = None
+    ) -> dict[str, Tensor]:
+        """Update and return the metrics of this batch alone."""
+        return self._compute_and_reduce("forward", self._format(node_probs, targets, predictions))
+
+    def confusions(self, top_k: int | None = None) -> dict[str, list[tuple[str, str, int]]]:
+        """Per level name, the most frequent mistakes as (true id, predicted id, count)."""
+        for m in self.values(copy_state=False):
+            if isinstance(m, LevelConfusion):
+                return m.confusions(top_k)
+        raise ValueError("confusions() needs the 'confusion' metric group, which was left out")
+
+
+def evaluate(
+    hierarchy: Hierarchy,
+    predictions: Any,
+    targets: Any,
+    node_probs: Any = None,
+    *,
+    batch_size: int = 4096,
+    **kwargs: Any,
+) -> dict[str, float]:
+    """Metrics of saved predictions (numpy arrays or tensors; memory-mapped arrays are read in
+    chunks of ``batch_size`` rows). ``predictions`` [B, D] or [B], or None for the per-level
+    argmax of ``node_probs``; ``targets`` [B] or [B, D]; ``node_probs`` [B, N] or None, which
+    leaves out the probability metrics (top-k, ahd, ap, ece). ``kwargs`` go to
+    :class:`HierarchicalMetrics`. Returns ``{name: float}`` with the names of ``compute()``."""
+    if predictions is None and node_probs is None:
+        raise ValueError("Expected `predictions` or `node_probs` to be given, but got neither")
+    if "metrics" not in kwargs:
+        kwargs["metrics"] = [
+            g
+            for g in METRIC_GROUPS
+            if g != "confusion" and (node_probs is not None or g not in PROBABILITY_GROUPS)
+        ]
+    metric = HierarchicalMetrics(hierarchy, **kwargs)
+    n = len(targets)
+    for name, x in (("predictions", predictions), ("node_probs", node_probs)):
+        if x is not None and len(x) != n:
+            raise ValueError(
+                f"Expected argument `{name}` to have {n} rows (one per target), but got {len(x)}"
+            )
+    step = max(1, int(batch_size))
+    for i in range(0, max(n, 1), step):
+        rows = slice(i, i + step)
+        metric.update(
+            None if node_probs is None else as_tensor(node_probs[rows], "node_probs"),
+            as_tensor(targets[rows], "targets"),
+            None if predictions is None else as_tensor(predictions[rows], "predictions"),
+        )
+    return {k: float(v) for k, v in metric.compute().items()}
