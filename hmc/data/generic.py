@@ -1,0 +1,206 @@
+"""Users' own data: a CSV/TSV of ``path,label``, a nested folder tree, or a list of images."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from hmc.data._base import IGNORE, ImageFileDataset, LabelResolver, as_hierarchy, image_files
+from hmc.hierarchy import VIRTUAL_ROOT, Hierarchy
+
+__all__ = ["CSVDataset", "HierarchyFolder", "ImagePaths", "IMG_EXTENSIONS"]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class CSVDataset(ImageFileDataset):
+    """Images listed in a CSV or TSV file, one ``path,label`` row each.
+
+    A label is any node id of ``hierarchy``, at any depth, or a display name that belongs to
+    exactly one node, so mixed-granularity annotation works as is (``Parulidae`` and
+    ``Yellow Warbler`` rows side by side). An empty label means unlabelled (target -100).
+
+    The file may start with a header; if it names ``path_column`` and ``label_column`` those
+    columns are used (other columns are ignored), else the first two columns are path and
+    label. The delimiter is a tab for ``.tsv`` files and is sniffed otherwise. Relative paths
+    are relative to ``root`` (default: the CSV's folder).
+    """
+
+    def __init__(
+        self,
+        csv_file: str | Path,
+        hierarchy: str | Path | Hierarchy,
+        root: str | Path | None = None,
+        *,
+        path_column: str = "path",
+        label_column: str = "label",
+        transform: Callable | None = None,
+        loader: Callable[[str], Image.Image] | None = None,
+        on_bad_sample: str = "raise",
+    ) -> None:
+        h = as_hierarchy(hierarchy)
+        self.csv_file = csv_file = Path(csv_file).expanduser()
+        if not csv_file.is_file():
+            raise FileNotFoundError(f"CSVDataset: {csv_file} not found")
+        self.root = root = Path(root).expanduser() if root is not None else csv_file.parent
+        if not root.is_dir():
+            raise FileNotFoundError(f"CSVDataset: image root {root} not found")
+        with open(csv_file, encoding="utf-8", newline="") as f:
+            text = f.read()
+        first = text.split("\n", 1)[0]
+        delimiter = "\t" if csv_file.suffix.lower() == ".tsv" or "\t" in first else ","
+        rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
+        header = [c.strip() for c in rows[0]] if rows else []
+        start, path_i, label_i = 0, 0, 1
+        if path_column in header and label_column in header:
+            start, path_i, label_i = 1, header.index(path_column), header.index(label_column)
+        resolve = LabelResolver(h)
+        paths, targets = [], []
+        for lineno, row in enumerate(rows[start:], start + 1):
+            if not row or not any(c.strip() for c in row):
+                continue
+            if len(row) <= max(path_i, label_i):
+                raise ValueError(
+                    f"{csv_file}:{lineno}: expected a path and a label, got {row!r} (a header "
+                    f"naming the columns '{path_column}' and '{label_column}' selects them)"
+                )
+            label = row[label_i].strip()
+            targets.append(resolve(label, f"{csv_file}:{lineno}") if label else IGNORE)
+            paths.append(str(root / row[path_i].strip()))
+        super().__init__(
+            paths,
+            torch.tensor(targets, dtype=torch.long),
+            h,
+            loader=loader,
+            transform=transform,
+            on_bad_sample=on_bad_sample,
+        )
+
+    def extra_repr(self) -> str:
+        return f"csv='{self.csv_file}'"
+
+
+class HierarchyFolder(ImageFileDataset):
+    """A nested folder tree that is itself the hierarchy, like ``ImageFolder``:
+    ``root/Passeriformes/Parulidae/Yellow_Warbler/img.jpg``.
+
+    Every folder below ``root`` that holds an image somewhere inside is a node; its id is its
+    path relative to ``root`` (``Passeriformes/Parulidae``; unique even when two folders share
+    a name) and its display name is the folder name. An image is labelled at the folder it
+    sits in, at any depth, so ``Passeriformes/Parulidae/x.jpg`` is a family-level label.
+    Files directly in ``root`` are ignored.
+
+    With ``hierarchy`` given, the tree is not read from the folders: each image's label is its
+    folder's relative path if that is a node id, else its folder's name (node id or unique
+    display name), so flat ``root/<class>/img.jpg`` folders work with any hierarchy.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        hierarchy: str | Path | Hierarchy | None = None,
+        *,
+        level_names: Sequence[str] | None = None,
+        extensions: Sequence[str] = IMG_EXTENSIONS,
+        transform: Callable | None = None,
+        loader: Callable[[str], Image.Image] | None = None,
+        on_bad_sample: str = "raise",
+    ) -> None:
+        self.root = root = Path(root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"HierarchyFolder: root folder {root} not found")
+        files = [p for p in image_files(root, extensions) if p.parent != root]
+        if not files:
+            raise FileNotFoundError(
+                f"HierarchyFolder: no images ({', '.join(extensions)}) in the folders under {root}"
+            )
+        if hierarchy is None:
+            h = self.scan(root, level_names=level_names, extensions=extensions, files=files)
+        else:
+            h = as_hierarchy(hierarchy)
+        resolve = LabelResolver(h)
+        targets = []
+        for p in files:
+            rel = p.parent.relative_to(root).as_posix()
+            targets.append(h.index(rel) if rel in h else resolve(p.parent.name, f"{p}"))
+        super().__init__(
+            [str(p) for p in files],
+            torch.tensor(targets, dtype=torch.long),
+            h,
+            loader=loader,
+            transform=transform,
+            on_bad_sample=on_bad_sample,
+        )
+
+    @staticmethod
+    def scan(
+        root: str | Path,
+        *,
+        level_names: Sequence[str] | None = None,
+        extensions: Sequence[str] = IMG_EXTENSIONS,
+        files: Sequence[Path] | None = None,
+    ) -> Hierarchy:
+        """The hierarchy of the folders under ``root`` that contain images (at any depth)."""
+        root = Path(root).expanduser()
+        if files is None:
+            files = [p for p in image_files(root, extensions) if p.parent != root]
+        edges: dict[str, str] = {}
+        names: dict[str, str] = {}
+        for p in files:
+            parts = p.parent.relative_to(root).parts
+            for d in range(1, len(parts) + 1):
+                node = "/".join(parts[:d])
+                if node not in edges:
+                    edges[node] = "/".join(parts[: d - 1])
+                    names[node] = parts[d - 1]
+        depth = max(node.count("/") + 1 for node in edges)
+        if level_names is None:
+            level_names = [f"level_{d}" for d in range(1, depth + 1)]
+        return Hierarchy.from_edges(
+            [(parent or VIRTUAL_ROOT, node) for node, parent in edges.items()],
+            names=names,
+            level_names=level_names,
+            metadata={"name": root.name, "source": f"folder tree {root}"},
+        )
+
+    def extra_repr(self) -> str:
+        return f"root='{self.root}'"
+
+
+class ImagePaths(ImageFileDataset):
+    """Images to predict: files, and folders searched recursively, in the given order.
+    Targets are all -100 (unlabelled); ``.paths`` maps predictions back to files."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path] | str | Path,
+        hierarchy: str | Path | Hierarchy,
+        *,
+        extensions: Sequence[str] = IMG_EXTENSIONS,
+        transform: Callable | None = None,
+        loader: Callable[[str], Image.Image] | None = None,
+        on_bad_sample: str = "raise",
+    ) -> None:
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        found: list[str] = []
+        for p in map(Path, paths):
+            p = p.expanduser()
+            if p.is_dir():
+                found.extend(str(f) for f in image_files(p, extensions))
+            elif p.exists():
+                found.append(str(p))
+            else:
+                raise FileNotFoundError(f"ImagePaths: {p} not found")
+        super().__init__(
+            found,
+            torch.full((len(found),), IGNORE, dtype=torch.long),
+            as_hierarchy(hierarchy),
+            loader=loader,
+            transform=transform,
+            on_bad_sample=on_bad_sample,
+        )
