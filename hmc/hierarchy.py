@@ -228,13 +228,8 @@ class Hierarchy:
         """Build from a DiGraph with parent -> child edges; node attribute ``name`` is the display
         name, other node attributes are kept. ``graph.graph`` may hold ``level_names`` and
         ``metadata``."""
-        if not isinstance(graph, nx.DiGraph):
-            raise HierarchyError(f"expected a networkx.DiGraph, got {type(graph).__name__}")
-        g = nx.DiGraph()
-        g.add_nodes_from((str(n), dict(d)) for n, d in graph.nodes(data=True))
-        g.add_edges_from((str(u), str(v)) for u, v in graph.edges())
         return cls(
-            g,
+            _as_str_ids(graph),
             level_names=level_names or graph.graph.get("level_names"),
             metadata=metadata or graph.graph.get("metadata"),
         )
