@@ -292,3 +292,17 @@ def test_hrn_onnx_export(tmp_path):
     path = tmp_path / "hrn.onnx"
     torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path))
     assert path.stat().st_size > 0
+
+
+@pytest.mark.parametrize("tree", sorted(TREES))
+def test_leaf_head_agrees_with_decoding_leaf_log_marginals(tree):
+    decoding = pytest.importorskip("hmc.decoding")
+    h = TREES[tree]()
+    out = LeafHead(h, C)(torch.randn(3, C, 2, 2))
+    torch.testing.assert_close(out.node_scores, decoding.leaf_log_marginals(h, out.leaf_logits))
+
+
+def test_build_model_accepts_a_shipped_hierarchy_name():
+    model = build_model("resnet10t", "cub200-hrn", head="hrn", **SMALL_HRN)
+    sizes = [c.out_features for c in (b.classifier for b in model.head.levels)]
+    assert sizes == [13, 38, 200] and model.head.leaf_classifier.out_features == 200
