@@ -16,7 +16,10 @@ from torch import Tensor
 
 from hmc.hierarchy import Hierarchy, HierarchyTensors
 
-__all__ = ["MetricBatch", "as_tensor"]
+__all__ = ["MetricBatch", "as_tensor", "PROB_TOLERANCE"]
+
+#: node_probs may leave [0, 1] by this much (float rounding) before validation fails.
+PROB_TOLERANCE = 1e-3
 
 
 def as_tensor(x: Any, name: str, device: torch.device | None = None) -> Tensor:
@@ -89,7 +92,8 @@ class MetricBatch:
             _check_batch(probs, batch, "node_probs")
             if validate_args and probs.numel():
                 lo, hi = torch.aminmax(probs)
-                if not (lo >= 0 and hi <= 1):  # also catches NaN
+                # Slack for rounding (exp of a log-sum can give 1 + 1e-7); metrics clamp.
+                if not (lo >= -PROB_TOLERANCE and hi <= 1 + PROB_TOLERANCE):  # NaN fails too
                     raise ValueError(
                         "Expected argument `node_probs` to hold probabilities in [0, 1], but got "
                         f"values in [{lo.item():.4g}, {hi.item():.4g}]; convert scores with "

@@ -171,8 +171,10 @@ class HierarchicalF1(HierarchicalMetric):
         self._add_count("intersection")
         self._add_count("predicted")
         self._add_count("true")
-        # Per-sample F1 = 2i / s with i <= D, s <= 2D: a histogram keeps the macro sum exact.
-        self._add_count("f1_hist", (d + 1, 2 * d + 1))
+        # Per-sample F1 = 2i / s with i = |P n T| <= D and s = |P| + |T| <= D(D+1)/2 + D (an
+        # inconsistent prediction has up to D - e + 1 nodes at level e): a histogram over (i, s)
+        # keeps the macro sum exact.
+        self._add_count("f1_hist", (d + 1, d * (d + 1) // 2 + d + 1))
 
     def _update(self, batch: MetricBatch) -> None:
         pred = batch.predictions_within_labels()  # [B, D]
@@ -193,7 +195,7 @@ class HierarchicalF1(HierarchicalMetric):
         self.intersection += num_inter[lab].sum()
         self.predicted += num_pred[lab].sum()
         self.true += num_true[lab].sum()
-        key = num_inter[lab] * (2 * d + 1) + (num_pred + num_true)[lab]
+        key = num_inter[lab] * self.f1_hist.shape[1] + (num_pred + num_true)[lab]
         self.f1_hist += torch.bincount(key, minlength=self.f1_hist.numel()).view_as(self.f1_hist)
 
     def compute(self) -> dict[str, Tensor]:

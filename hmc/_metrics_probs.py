@@ -176,17 +176,18 @@ class HierarchicalAveragePrecision(HierarchicalMetric):
             counted = col >= 0
             if not bool(counted.any()):
                 continue
-            self.positives[d - 1] += self._hist(batch.target_probs(d)[counted])
+            self.positives[d - 1] += self._hist(batch.target_probs(d)[counted].clamp(0, 1))
             p = batch.level_probs(d)
             local = col - h.level_slice(d).start
             rows = None if bool(counted.all()) else counted.nonzero().squeeze(1)
             num_rows = p.shape[0] if rows is None else rows.numel()
             step = max(1, _HISTC_CHUNK // max(1, p.shape[1]))
             for r0 in range(0, num_rows, step):
+                # A clamped copy: rounding slack (PROB_TOLERANCE) stays in the end bins.
                 if rows is None:
-                    x, t = p[r0 : r0 + step].clone(), local[r0 : r0 + step]
+                    x, t = p[r0 : r0 + step].clamp(0, 1), local[r0 : r0 + step]
                 else:
-                    x, t = p[rows[r0 : r0 + step]], local[rows[r0 : r0 + step]]
+                    x, t = p[rows[r0 : r0 + step]].clamp_(0, 1), local[rows[r0 : r0 + step]]
                 x.scatter_(1, t[:, None], 2.0)  # out of histc's range: positives leave the count
                 self.negatives[d - 1] += self._hist(x)
 
@@ -232,7 +233,7 @@ class LevelCalibrationError(HierarchicalMetric):
             if not bool(counted.any()):
                 continue
             conf, pred = batch.level_max(d)
-            conf, ok = conf[counted], (pred == col)[counted]
+            conf, ok = conf[counted].clamp(0, 1), (pred == col)[counted]
             edges = torch.linspace(0, 1, self.n_bins + 1, dtype=conf.dtype, device=conf.device)
             idx = torch.bucketize(conf, edges, right=True) - 1
             self.count[d - 1] += torch.bincount(idx, minlength=self.n_bins + 1)
