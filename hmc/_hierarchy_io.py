@@ -107,6 +107,11 @@ def _encode_value(key: str, value: Any) -> str:
     return f"{key}:={json.dumps(value, ensure_ascii=False)}"
 
 
+def _lines(text: str) -> list[str]:
+    # Not str.splitlines(): names may hold U+0085, U+2028 and friends, which it splits on.
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
 def _check_key(key: Any, what: str) -> None:
     if not isinstance(key, str) or not key or "=" in key or key.endswith(":") or not _plain(key):
         raise HierarchyError(
@@ -170,8 +175,7 @@ def parse_tree(text: str, source: str = "<string>") -> Hierarchy:
     graph = nx.DiGraph()
     defined: dict[str, int] = {}
     parent_of: dict[str, tuple[str, int]] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.rstrip("\r")
+    for lineno, line in enumerate(_lines(text), 1):
         if not line.strip() or line.startswith("#"):
             continue
         where = f"{source}:{lineno}"
@@ -259,7 +263,7 @@ def _split(line: str, delimiter: str) -> list[str]:
 
 def _rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     text = path.read_text(encoding="utf-8")
-    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    lines = [(i, line) for i, line in enumerate(_lines(text), 1) if line.strip()]
     lines = [(i, line) for i, line in lines if not line.startswith("#")]
     if not lines:
         raise HierarchyError(f"{path}: no rows")
@@ -363,7 +367,7 @@ def _read_nabirds(path: Path) -> Hierarchy:
         if not f.is_file():
             raise HierarchyError(f"NABirds: {f.name} not found under {folder}")
     graph = nx.DiGraph()
-    for lineno, line in enumerate(classes_file.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_lines(classes_file.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
         cid, _, name = line.strip().partition(" ")
@@ -373,7 +377,7 @@ def _read_nabirds(path: Path) -> Hierarchy:
             raise HierarchyError(f"{classes_file}:{lineno}: duplicate id {cid!r}")
         graph.add_node(cid, name=name.strip())
     parent_line: dict[str, int] = {}
-    for lineno, line in enumerate(hierarchy_file.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(_lines(hierarchy_file.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
         parts = line.split()

@@ -101,7 +101,7 @@ class Hierarchy:
         if len(level_names) != num_levels:
             raise HierarchyError(
                 f"{len(level_names)} level names {list(level_names)} given, but the tree has "
-                f"{num_levels} levels below its root; level "
+                f"{num_levels} level(s) below its root; level "
                 f"{min(len(level_names), num_levels) + 1} is "
                 + ("empty" if len(level_names) > num_levels else "unnamed")
             )
