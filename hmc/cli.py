@@ -1,0 +1,245 @@
+"""The ``hmc`` command.
+
+- ``hmc fit|validate|test --config configs/X.yaml [--model.head hrn --data.relabel.ratio 0.5]``:
+  LightningCLI with :class:`hmc.lit.HMCModule` and :class:`hmc.data.HMCDataModule`; the data
+  module's hierarchy is linked to the model's. ``--print_config`` prints the full config.
+- ``hmc predict --ckpt_path run/last.ckpt --data.predict_paths '[img.jpg, folder/]'
+  --output preds.csv``: a light predictor built on :func:`hmc.load_model` (the checkpoint
+  alone; no training config), one CSV/JSON row per image.
+- ``hmc hierarchy show NAME|PATH`` and ``hmc hierarchy validate PATH``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+__all__ = ["did_you_mean", "hierarchy_main", "main", "predict_main", "run_lightning_cli"]
+
+DESCRIPTION = """\
+Hierarchical multi-granularity classification.
+
+  hmc fit --config configs/demo.yaml        train (LightningCLI; also validate, test)
+  hmc predict --ckpt_path run.ckpt --data.predict_paths '[a.jpg, folder/]' --output p.csv
+  hmc hierarchy show NAME|PATH              print a hierarchy with counts per level
+  hmc hierarchy validate PATH               check a hierarchy file (exit 1 on error)
+"""
+
+
+# ----------------------------------------------------------------------------- hints
+_KEY_PATTERNS = (
+    re.compile(r"does not accept option '([^']+)'"),
+    re.compile(r"Option '([^']+)' is not accepted"),
+    re.compile(r"unrecognized arguments: --?(\S+)"),
+)
+
+
+def _valid_keys(parser: Any) -> list[str]:
+    """Dotted option names of ``parser`` and of its subcommand parsers (unprefixed)."""
+    keys: list[str] = []
+    for action in getattr(parser, "_actions", []):
+        subparsers = getattr(action, "_name_parser_map", None)
+        if subparsers:
+            for sub in subparsers.values():
+                keys.extend(_valid_keys(sub))
+        elif action.dest and action.dest not in ("help", "config", "print_config"):
+            keys.append(action.dest)
+    return sorted(set(keys))
+
+
+def did_you_mean(key: str, valid: Sequence[str]) -> str | None:
+    """The valid key closest to a mistyped ``key`` (same group first), or None."""
+    group = key.rsplit(".", 1)[0] if "." in key else ""
+    same_group = [k for k in valid if group and k.startswith(group + ".")]
+    for pool in (same_group, list(valid)):
+        close = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+        if close:
+            return close[0]
+    return None
+
+
+def _with_hint(message: str, parser: Any) -> str:
+    for pattern in _KEY_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            key = match.group(1).split("=", 1)[0]
+            close = did_you_mean(key, _valid_keys(parser))
+            if close and close != key:
+                return f"{message}. Did you mean '{close}'?"
+    return message
+
+
+class _HintMixin:
+    def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+        parser = getattr(ex, "subcommand_parser", None) or self
+        return super().error(_with_hint(str(message), parser), ex)  # type: ignore[misc]
+
+
+class _HintParser(_HintMixin, ArgumentParser):
+    """jsonargparse parser whose unknown-key errors name the closest valid key."""
+
+
+def _lightning_parser_class():
+    from pytorch_lightning.cli import LightningArgumentParser
+
+    class HMCArgumentParser(_HintMixin, LightningArgumentParser):
+        """LightningArgumentParser whose unknown-key errors name the closest valid key."""
+
+    return HMCArgumentParser
+
+
+def __getattr__(name: str) -> Any:
+    # Lightning is imported only for the LightningCLI subcommands.
+    if name == "HMCArgumentParser":
+        return _lightning_parser_class()
+    if name == "HMCLightningCLI":
+        return _cli_class()
+    raise AttributeError(f"module 'hmc.cli' has no attribute {name!r}")
+
+
+# ------------------------------------------------------------------------ LightningCLI
+def _cli_class():
+    from pytorch_lightning.cli import LightningCLI
+
+    class HMCLightningCLI(LightningCLI):
+        """LightningCLI for HMCModule + HMCDataModule; the data's hierarchy feeds the model."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.link_arguments("data.hierarchy", "model.hierarchy", apply_on="instantiate")
+
+    return HMCLightningCLI
+
+
+def run_lightning_cli(args: Sequence[str] | None = None) -> Any:
+    """Run ``hmc fit|validate|test`` (``args`` None: ``sys.argv``)."""
+    from hmc.data import HMCDataModule
+    from hmc.lit import HMCModule
+
+    return _cli_class()(
+        HMCModule,
+        HMCDataModule,
+        parser_class=_lightning_parser_class(),
+        parser_kwargs={"description": DESCRIPTION},
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,  # HMCModule builds its own param groups/schedule
+        # Hyper-parameters are the module's plain arguments (the hierarchy travels in
+        # checkpoint["hmc"]), so checkpoints load with weights_only=True.
+        load_from_checkpoint_support=False,
+        args=args,
+    )
+
+
+# ---------------------------------------------------------------------------- hierarchy
+def hierarchy_main(argv: Sequence[str]) -> int:
+    """``hmc hierarchy show NAME|PATH`` / ``hmc hierarchy validate PATH``; returns the exit
+    code."""
+    from hmc._registry import list_hierarchies, load_hierarchy
+    from hmc.hierarchy import HierarchyError
+
+    parser = _HintParser(prog="hmc hierarchy", description="Inspect and check hierarchies.")
+    sub = parser.add_subcommands(dest="command")
+    show = _HintParser(description="Print a hierarchy: counts per level and the tree.")
+    show.add_argument("name", help=f"a shipped name ({', '.join(list_hierarchies())}) or a path")
+    show.add_argument("--max_children", type=int, default=8, help="children shown per node")
+    sub.add_subcommand("show", show, help="print a hierarchy with counts per level")
+    check = _HintParser(description="Check a hierarchy file; exit 1 with the error if invalid.")
+    check.add_argument("path", help="a .tree/.csv/.json file, a NABirds folder, or a name")
+    sub.add_subcommand("validate", check, help="check a hierarchy file")
+    cfg = parser.parse_args(list(argv))
+    command = cfg.command
+    target = cfg[command].name if command == "show" else cfg[command].path
+    try:
+        h = load_hierarchy(target)
+    except (HierarchyError, OSError, ValueError) as err:
+        print(f"error: {target}: {err}", file=sys.stderr)
+        return 1
+    if command == "show":
+        print(h.describe(max_children=cfg.show.max_children))
+        return 0
+    sizes = ", ".join(f"{k}={v}" for k, v in h.level_sizes().items())
+    depths = sorted({h.level(leaf) for leaf in h.leaves})
+    print(f"OK: {target}")
+    print(f"  {h.num_levels} levels ({sizes}); {h.num_nodes} nodes; {len(h.leaves)} leaves")
+    print(f"  leaves at depth {depths}" + (" (ragged)" if len(depths) > 1 else ""))
+    print(f"  fingerprint {h.fingerprint()}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ predict
+def _predict_parser() -> ArgumentParser:
+    parser = _HintParser(
+        prog="hmc predict",
+        description=(
+            "Predict image files/folders with a checkpoint (which carries the hierarchy, model "
+            "and evaluation transform). Writes one row per image: the decoded path with names "
+            "and per-level probabilities, as CSV or JSON."
+        ),
+    )
+    parser.add_argument("-c", "--config", action=ActionConfigFile)
+    parser.add_argument("--ckpt_path", type=str, required=True, help="an hmc .ckpt file")
+    parser.add_argument(
+        "--data.predict_paths",
+        type=list[str] | str | None,
+        default=None,
+        help="image files and/or folders (searched recursively)",
+    )
+    parser.add_argument("paths", nargs="*", default=[], help="more image files or folders")
+    parser.add_argument("--data.batch_size", type=int, default=32)
+    parser.add_argument(
+        "--output", type=str | None, default=None, help="CSV/JSON file (default stdout)"
+    )
+    parser.add_argument(
+        "--format", type=Literal["csv", "json"] | None, default=None, help="default: by suffix"
+    )
+    parser.add_argument(
+        "--decoder",
+        type=Literal["argmax", "marginal", "map", "threshold"] | None,
+        default=None,
+        help="default: the checkpoint's",
+    )
+    parser.add_argument("--hierarchy", type=str | None, default=None, help="check it matches")
+    parser.add_argument("--device", type=str, default="cpu")
+    return parser
+
+
+def predict_main(argv: Sequence[str]) -> int:
+    """``hmc predict ...``; returns the exit code."""
+    from hmc.predict import load_model, write_predictions
+
+    cfg = _predict_parser().parse_args(list(argv))
+    given = cfg.data.predict_paths
+    paths = ([given] if isinstance(given, str) else list(given or [])) + list(cfg.paths)
+    if not paths:
+        print("error: give images with --data.predict_paths '[a.jpg, folder/]'", file=sys.stderr)
+        return 2
+    try:
+        predictor = load_model(cfg.ckpt_path, hierarchy=cfg.hierarchy, device=cfg.device)
+        rows = predictor.predict_files(paths, batch_size=cfg.data.batch_size, method=cfg.decoder)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    write_predictions(rows, cfg.output, cfg.format)
+    if cfg.output not in (None, "-"):
+        print(f"hmc predict: {len(rows)} images -> {cfg.output}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``hmc`` command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["hierarchy"]:
+        sys.exit(hierarchy_main(args[1:]))
+    if args[:1] == ["predict"]:
+        sys.exit(predict_main(args[1:]))
+    # args=None lets LightningCLI read sys.argv itself (and DDP workers re-run the same argv).
+    run_lightning_cli(None if argv is None else args)
+
+
+if __name__ == "__main__":
+    main()
