@@ -438,6 +438,10 @@ class Hierarchy:
         offsets = self._level_offsets
         return {n: offsets[d + 1] - offsets[d] for d, n in enumerate(self._level_names)}
 
+    def level_number(self, level: int | str) -> int:
+        """Level number 1..D of a level given by number or name; raises naming the levels."""
+        return self._level_number(level)
+
     def _level_number(self, level: int | str) -> int:
         if isinstance(level, str):
             if level not in self._level_names:
