@@ -21,7 +21,8 @@ from typing import Any
 
 import networkx as nx
 
-from hmc.hierarchy import VIRTUAL_ROOT, Hierarchy, HierarchyError, _check_tree
+from hmc._hierarchy_base import _check_tree
+from hmc.hierarchy import VIRTUAL_ROOT, Hierarchy, HierarchyError
 
 FORMATS = ("tree", "edges", "paths", "json", "nabirds")
 MAGIC = "# hmc-hierarchy 1"

@@ -15,7 +15,6 @@ import hashlib
 import json
 import operator
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -23,41 +22,22 @@ from typing import Any
 import networkx as nx
 import torch
 
+from hmc._hierarchy_base import (
+    VIRTUAL_ROOT,
+    HierarchyError,
+    HierarchyTensors,
+    UnknownLabelError,
+    _as_str_ids,
+    _check_tree,
+    _display_name,
+    build_tensors,
+    graph_from_edges,
+    graph_from_paths,
+)
+
 __all__ = ["Hierarchy", "HierarchyError", "HierarchyTensors", "UnknownLabelError", "VIRTUAL_ROOT"]
 
-VIRTUAL_ROOT = "<root>"
-
-
-class HierarchyError(ValueError):
-    """A hierarchy that is not a rooted tree, or a file that does not describe one."""
-
-
-class UnknownLabelError(HierarchyError, KeyError):
-    """A label that is not a node of the hierarchy."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
-
-
-@dataclass(frozen=True)
-class HierarchyTensors:
-    """Index tensors of a hierarchy on one device. N nodes, D levels, L leaves.
-
-    parent: [N] column of each node's parent, -1 for level-1 nodes.
-    paths: [N, D] column of each node's ancestor at level d+1 (the node itself at its own
-        level), -1 below the node's level.
-    levels: [N] level of each node, 1..D.
-    level_offsets: [D + 1] level d's columns are level_offsets[d-1]:level_offsets[d].
-    is_leaf: [N] bool.
-    leaves: [L] columns of the leaves, ascending.
-    """
-
-    parent: torch.Tensor
-    paths: torch.Tensor
-    levels: torch.Tensor
-    level_offsets: torch.Tensor
-    is_leaf: torch.Tensor
-    leaves: torch.Tensor
+DICT_FORMAT = "hmc-hierarchy/1"
 
 
 class Hierarchy:
@@ -141,31 +121,7 @@ class Hierarchy:
         metadata: Mapping[str, Any] | None = None,
     ) -> Hierarchy:
         """Build from (parent, child) pairs. Child order among siblings is edge order."""
-        graph = nx.DiGraph()
-        seen_parent: dict[str, str] = {}
-        for i, edge in enumerate(edges):
-            if len(edge) != 2:
-                raise HierarchyError(f"edge {i}: expected (parent, child), got {edge!r}")
-            parent, child = (str(x) for x in edge)
-            if parent == child:
-                raise HierarchyError(f"edge {i}: node {child!r} is its own parent (a cycle)")
-            if child in seen_parent:
-                if seen_parent[child] == parent:
-                    continue
-                raise HierarchyError(
-                    f"edge {i}: node {child!r} has two parents, "
-                    f"{seen_parent[child]!r} and {parent!r}"
-                )
-            seen_parent[child] = parent
-            graph.add_edge(parent, child)
-        for node, name in (names or {}).items():
-            if node not in graph:
-                raise UnknownLabelError(f"name given for {node!r}, which is not in the edges")
-            graph.nodes[node]["name"] = name
-        for node, attrs in (attributes or {}).items():
-            if node not in graph:
-                raise UnknownLabelError(f"attributes given for {node!r}, which is not in the edges")
-            graph.nodes[node].update(attrs)
+        graph = graph_from_edges(edges, names=names, attributes=attributes)
         return cls(graph, level_names=level_names, metadata=metadata)
 
     @classmethod
@@ -184,37 +140,7 @@ class Hierarchy:
         single top-level node gets a column. Rows may be ragged: a shorter row, or trailing
         empty cells, ends higher in the tree. Rows may repeat prefixes of other rows.
         """
-        graph = nx.DiGraph()
-        graph.add_node(VIRTUAL_ROOT, name="root")
-        seen: dict[str, tuple[str, int]] = {}
-        for i, row in enumerate(rows):
-            if isinstance(row, str):
-                raise HierarchyError(f"row {i}: expected a sequence of ids, got the string {row!r}")
-            cells = [None if c is None else str(c).strip() for c in row]
-            while cells and not cells[-1]:
-                cells.pop()
-            if not cells:
-                continue
-            if any(not c for c in cells):
-                raise HierarchyError(f"row {i}: empty cell inside the path {list(row)!r}")
-            for parent, child in zip([VIRTUAL_ROOT, *cells[:-1]], cells, strict=True):
-                if child in seen and seen[child][0] != parent:
-                    first, first_row = seen[child]
-                    raise HierarchyError(
-                        f"row {i}: node {child!r} has two parents, {_parent_str(first)} "
-                        f"(row {first_row}) and {_parent_str(parent)}"
-                    )
-                if child not in seen:
-                    seen[child] = (parent, i)
-                    graph.add_edge(parent, child)
-        for node, name in (names or {}).items():
-            if node not in graph:
-                raise UnknownLabelError(f"name given for {node!r}, which is not in any path")
-            graph.nodes[node]["name"] = name
-        for node, attrs in (attributes or {}).items():
-            if node not in graph:
-                raise UnknownLabelError(f"attributes given for {node!r}, which is not in any path")
-            graph.nodes[node].update(attrs)
+        graph = graph_from_paths(rows, names=names, attributes=attributes)
         return cls(graph, level_names=level_names, metadata=metadata)
 
     @classmethod
@@ -489,26 +415,13 @@ class Hierarchy:
         return cached
 
     def _build_tensors(self) -> HierarchyTensors:
-        n, d = self.num_nodes, self.num_levels
-        parent = torch.full((n,), -1, dtype=torch.long)
-        paths = torch.full((n, d), -1, dtype=torch.long)
-        levels = torch.empty(n, dtype=torch.long)
-        for i, node in enumerate(self._nodes):
-            p = self._parent_ids[node]
-            lvl = self._depth[node]
-            levels[i] = lvl
-            if p != self._root:
-                parent[i] = self._index[p]
-                paths[i, : lvl - 1] = paths[parent[i], : lvl - 1]
-            paths[i, lvl - 1] = i
-        is_leaf = torch.tensor([not self._children[x] for x in self._nodes], dtype=torch.bool)
-        return HierarchyTensors(
-            parent=parent,
-            paths=paths,
-            levels=levels,
-            level_offsets=torch.tensor(self._level_offsets, dtype=torch.long),
-            is_leaf=is_leaf,
-            leaves=is_leaf.nonzero().flatten(),
+        return build_tensors(
+            self._nodes,
+            self._parent_ids,
+            self._depth,
+            self.num_levels,
+            self._level_offsets,
+            [not self._children[x] for x in self._nodes],
         )
 
     @property
@@ -638,59 +551,3 @@ class Hierarchy:
 
         walk(self._root, 1)
         return "\n".join(lines)
-
-
-DICT_FORMAT = "hmc-hierarchy/1"
-
-
-def _parent_str(parent: str) -> str:
-    return "the top level" if parent == VIRTUAL_ROOT else repr(parent)
-
-
-def _display_name(data: Mapping[str, Any], node: str) -> str:
-    name = data.get("name")
-    return node if name is None or name == "" else str(name)
-
-
-def _as_str_ids(graph: nx.DiGraph) -> nx.DiGraph:
-    """``graph`` with string node ids (a relabelled copy if needed), rejecting ids that
-    collide once converted (``1`` and ``"1"``) and empty ids."""
-    if not isinstance(graph, nx.DiGraph):
-        raise HierarchyError(f"Expected a networkx.DiGraph, got {type(graph).__name__}")
-    if all(isinstance(n, str) and n for n in graph):
-        return graph
-    mapping: dict[Any, str] = {}
-    seen: dict[str, Any] = {}
-    for n in graph:
-        s = str(n)
-        if not s:
-            raise HierarchyError("empty node id")
-        if s in seen:
-            raise HierarchyError(f"duplicate id {s!r} (nodes {seen[s]!r} and {n!r})")
-        seen[s] = n
-        mapping[n] = s
-    return nx.relabel_nodes(graph, mapping, copy=True)
-
-
-def _check_tree(
-    graph: nx.DiGraph, *, where: str, lines: Mapping[str, int] | None = None
-) -> nx.DiGraph:
-    """Copy ``graph`` and check that it is a forest of rooted trees, naming the offender (and
-    its line, when ``lines`` maps ids to line numbers)."""
-
-    def at(node: Any) -> str:
-        return f"{where}:{lines[node]}" if lines and node in lines else where
-
-    g = nx.DiGraph(graph)
-    if g.number_of_nodes() == 0:
-        raise HierarchyError(f"{where}: the hierarchy is empty")
-    for node in g:
-        if g.in_degree(node) > 1:
-            parents = sorted(map(str, g.predecessors(node)))
-            raise HierarchyError(f"{at(node)}: node {node!r} has {len(parents)} parents: {parents}")
-    try:
-        cycle = nx.find_cycle(g)
-    except nx.NetworkXNoCycle:
-        return g
-    chain = " -> ".join(repr(u) for u, _ in cycle) + f" -> {cycle[0][0]!r}"
-    raise HierarchyError(f"{at(cycle[0][0])}: cycle {chain} (node {cycle[0][0]!r})")
