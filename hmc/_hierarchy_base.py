@@ -18,9 +18,13 @@ VIRTUAL_ROOT = "<root>"
 class HierarchyError(ValueError):
     """A hierarchy that is not a rooted tree, or a file that does not describe one."""
 
+    __module__ = "hmc.hierarchy"  # its public home (re-exported there), shown in tracebacks
+
 
 class UnknownLabelError(HierarchyError, KeyError):
     """A label that is not a node of the hierarchy."""
+
+    __module__ = "hmc.hierarchy"
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
