@@ -8,6 +8,7 @@ batch once and hands the same object to all of its metrics.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,12 @@ def as_tensor(x: Any, name: str, device: torch.device | None = None) -> Tensor:
     if isinstance(x, Tensor):
         return x.detach() if device is None else x.detach().to(device)
     if isinstance(x, (np.ndarray, list, tuple)):
-        return torch.as_tensor(np.asarray(x), device=device)
+        arr = np.asarray(x)
+        if not arr.flags.writeable:  # read-only memmaps: metrics never write to their inputs
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                return torch.as_tensor(arr, device=device)
+        return torch.as_tensor(arr, device=device)
     raise TypeError(
         f"Expected argument `{name}` to be a torch.Tensor or numpy array, "
         f"but got {type(x).__name__}"

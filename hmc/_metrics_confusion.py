@@ -39,6 +39,13 @@ def _mix(key: Tensor, which: int) -> Tensor:
     return ((a * lo) % _P + (b * hi) % _P + c) % _P
 
 
+def _checksum(key: Tensor) -> Tensor:
+    """A non-linear key check in [0, 2**31 - 1). It must not be affine: the average of two keys
+    in one cell would otherwise pass as a pure cell."""
+    x = _mix(key, _PARTS)
+    return (x * x % _P + x) % _P
+
+
 def _cells(key: Tensor, width: int) -> Tensor:
     """[M] keys -> [M, 3] cell indices, one per partition of ``width`` cells."""
     return torch.stack([p * width + _mix(key, p) % width for p in range(_PARTS)], dim=1)
@@ -106,7 +113,7 @@ class LevelConfusion(HierarchicalMetric):
             rep = key.repeat_interleave(_PARTS)
             state[0].index_add_(0, cells, torch.ones_like(rep))
             state[1].index_add_(0, cells, rep)
-            state[2].index_add_(0, cells, _mix(rep, _PARTS))
+            state[2].index_add_(0, cells, _checksum(rep))
 
     def compute(self) -> dict[str, Tensor]:
         return {}
@@ -163,7 +170,7 @@ class LevelConfusion(HierarchicalMetric):
             key = keysum // count.clamp_min(1)
             pure = (count > 0) & (key * count == keysum) & (key >= 0) & (key < max_key)
             key = torch.where(pure, key, 0)
-            pure &= _mix(key, _PARTS) * count == check
+            pure &= _checksum(key) * count == check
             pure &= _cells(key, width).gather(1, part[:, None]).squeeze(1) == torch.arange(
                 count.numel(), device=count.device
             )
@@ -177,7 +184,7 @@ class LevelConfusion(HierarchicalMetric):
             rep_k, rep_c = found.repeat_interleave(_PARTS), c.repeat_interleave(_PARTS)
             count.index_add_(0, cells, -rep_c)
             keysum.index_add_(0, cells, -rep_k * rep_c)
-            check.index_add_(0, cells, -_mix(rep_k, _PARTS) * rep_c)
+            check.index_add_(0, cells, -_checksum(rep_k) * rep_c)
         if bool((count != 0).any()):
             warnings.warn(
                 f"the confusion table of level {level!r} holds more distinct mistakes than it can "
