@@ -252,6 +252,14 @@ class HMCDataModule(pl.LightningDataModule):
             raise ValueError("predict needs `predict_paths` (image files or folders)")
         return self._loader(self._require("predict_dataset", "predict"))
 
+    def transform_config(self) -> dict:
+        """The evaluation transform as ``build_transforms`` keywords (stored in checkpoints so
+        that predictions preprocess images as evaluation did)."""
+        out: dict = {"preset": self.preset, "image_size": self.image_size}
+        if self.dataset_options.get("data_config"):
+            out["data_config"] = dict(self.dataset_options["data_config"])
+        return out
+
     # --------------------------------------------------------------- helpers
     def _require(self, attr: str, stage: str) -> HierarchicalDataset:
         if getattr(self, attr) is None:

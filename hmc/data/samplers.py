@@ -95,8 +95,9 @@ class HMCDataLoader(DataLoader):
 
     The count lives in the dataset's :class:`~hmc.data.BadSampleLog`, in shared memory, so the
     counts made in worker processes (persistent or not) add up in the main process; it is
-    reset when a pass starts and read when the last batch has been consumed, by which time
-    every worker has finished loading. :attr:`skipped` keeps the count of the last pass.
+    reset when a pass starts and read as soon as the pass's last batch has been produced (just
+    before it is handed out), by which time every sample has been loaded. :attr:`skipped` keeps
+    the count of the last full pass; a pass cut short (``limit_train_batches``) reports nothing.
     """
 
     skipped: int = 0
@@ -105,12 +106,27 @@ class HMCDataLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:
         if getattr(self.dataset, "on_bad_sample", "raise") != "skip":
             return super().__iter__()
-        return self._iter_and_report(super().__iter__())
+        # Reset before the workers start prefetching this pass (they do so inside
+        # super().__iter__()), or their first failures would be wiped.
+        self.dataset.bad_samples.reset()
+        return self._report_after(super().__iter__())
 
-    def _iter_and_report(self, it: Iterator[Any]) -> Iterator[Any]:
+    def _report_after(self, it: Iterator[Any]) -> Iterator[Any]:
+        # Look one batch ahead and report before handing out the last batch: Lightning stops
+        # asking a sized loader for batches after the last one, so code placed after the
+        # final ``yield`` would never run. Once the inner iterator has produced its last
+        # batch, every sample of the pass has been loaded (batches come back in order).
+        batch = _END = object()
+        for nxt in it:
+            if batch is not _END:
+                yield batch
+            batch = nxt
+        self._report()
+        if batch is not _END:
+            yield batch
+
+    def _report(self) -> None:
         bad = self.dataset.bad_samples
-        bad.reset()
-        yield from it
         self._passes += 1
         self.skipped = n = bad.count
         if n:
@@ -121,4 +137,4 @@ class HMCDataLoader(DataLoader):
                 f"{self._passes} over {type(self.dataset).__name__} (e.g. {names})"
             )
             log.warning(msg)
-            warnings.warn(msg, SkippedSamplesWarning, stacklevel=2)
+            warnings.warn(msg, SkippedSamplesWarning, stacklevel=3)

@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torchvision.transforms import v2
 
 from hmc.data._base import check_choice
 
@@ -53,6 +52,8 @@ def build_transforms(
     Returns:
         A callable PIL image -> float tensor [3, S, S].
     """
+    from torchvision.transforms import v2  # imported here: `import hmc.data` stays light
+
     check_choice("preset", preset, PRESETS)
     size = int(image_size or default_image_size(preset))
     if size < 1:
@@ -77,6 +78,7 @@ def _timm_transforms(
     train: bool, image_size: int | None, data_config: Mapping[str, Any] | None
 ) -> Callable:
     from timm.data import create_transform, resolve_data_config
+    from torchvision.transforms import v2
 
     cfg = dict(resolve_data_config(args=dict(data_config or {"input_size": (3, 224, 224)})))
     if image_size is not None:
