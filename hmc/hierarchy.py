@@ -120,7 +120,9 @@ class Hierarchy:
         level_names: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> Hierarchy:
-        """Build from (parent, child) pairs. Child order among siblings is edge order."""
+        """Build from (parent, child) pairs. Siblings keep edge order; parentless nodes keep
+        their order of first appearance. One parentless node is the root (no column); several
+        hang from a virtual root ``"<root>"``."""
         graph = graph_from_edges(edges, names=names, attributes=attributes)
         return cls(graph, level_names=level_names, metadata=metadata)
 
