@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hmc.decoding import KINDS, METHODS, decode, leaf_log_marginals
 from hmc.hierarchy import Hierarchy
 from hmc.metrics import HierarchicalMetrics, evaluate
 
@@ -315,3 +316,29 @@ def test_binned_ap_equals_exact_ap_with_one_score_per_bin(thresholds):
     for d, name in enumerate(h.level_names):
         exact = _ap_exact(ap_lvl[d])
         assert float(got[f"ap/{name}"]) == pytest.approx(exact, abs=1e-6)
+
+
+@given(
+    trees(),
+    st.integers(0, 2**31),
+    st.sampled_from(KINDS),
+    st.sampled_from(METHODS),
+)
+@settings(max_examples=30)
+def test_every_decoder_output_feeds_the_metrics(h, seed, kind, method):
+    g = torch.Generator().manual_seed(seed)
+    b = 12
+    if kind == "leaf_log_probs":
+        leaf_logits = torch.randn(b, len(h.leaves), generator=g) * 2
+        scores = leaf_log_marginals(h, leaf_logits)
+    else:
+        scores = torch.randn(b, h.num_nodes, generator=g) * 2
+    decoded = decode(h, scores, method, kind=kind)
+    targets = torch.randint(-1, h.num_nodes, (b,), generator=g)
+    m = HierarchicalMetrics(h, top_k=(1, 5))
+    m.update(decoded.node_probs, targets, decoded.nodes)
+    want, confusion, _ = reference(h, decoded.node_probs, targets, decoded.nodes)
+    assert_metrics_equal(m.compute(), want)
+    if method != "argmax":  # the consistent decoders never give an inconsistent path
+        tice = float(m.compute()["tice"])
+        assert tice == 0 or math.isnan(tice)
