@@ -1,10 +1,10 @@
 """Training-step cost of the HRN head against the FlatHead baseline, and parameter counts.
 
 Timing: the same backbone with each head runs full SGD training steps (forward, the head's own
-loss, backward, step) on random images, interleaved round by round so that load on the shared
-machine hits both alike. Reported: median seconds per step and the ratio to FlatHead, next to
-the ratio that the FLOP counts (torch.utils.flop_counter.FlopCounterMode, one training step)
-predict.
+loss, backward, step) on random images, one step of each head in turn so that load on the
+shared machine hits both alike. Reported: median wall and process-CPU seconds per step, the
+median of the step-by-step ratios to FlatHead, and the ratio that the FLOP counts of one
+training step predict (torch.utils.flop_counter.FlopCounterMode; convolutions and matmuls).
 
 Sizes (``--sizes``): parameter counts at the paper's widths (ResNet-50, C = 2048, the cub200-hrn
 tree 13/38/200) and forward FLOPs per 448 px image, counted on the meta device (no arithmetic).
@@ -64,24 +64,29 @@ def time_heads(args: argparse.Namespace) -> list[dict[str, Any]]:
         for _ in range(args.warmup):
             step(images, targets)
         runs[head] = dict(model=model, step=step, times=[], flops=step_flops(step, images, targets))
-    for _ in range(args.rounds):  # interleave so that machine load hits every head alike
-        for head, run in runs.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                run["step"](images, targets)
-            run["times"].append((time.perf_counter() - start) / args.steps)
-    base = args.heads[0] if "flat" not in runs else "flat"
-    base_time = statistics.median(runs[base]["times"])
+    # Interleave single steps so that load from other processes hits every head alike; compare
+    # adjacent steps pairwise. Process CPU time is reported too: with one thread it counts this
+    # process's work only and is the steadier measure on a shared machine.
+    for _ in range(args.steps):
+        for run in runs.values():
+            wall, cpu = time.perf_counter(), time.process_time()
+            run["step"](images, targets)
+            run["times"].append(time.perf_counter() - wall)
+            run.setdefault("cpu", []).append(time.process_time() - cpu)
+    base = "flat" if "flat" in runs else args.heads[0]
     rows = []
     for head, run in runs.items():
         counts = run["model"].param_counts()
-        median = statistics.median(run["times"])
+        wall_ratios = [a / b for a, b in zip(run["times"], runs[base]["times"], strict=True)]
+        cpu_ratios = [a / b for a, b in zip(run["cpu"], runs[base]["cpu"], strict=True)]
         rows.append(
             dict(
                 head=head,
                 widths=args.hrn_widths if head == "hrn" else "-",
-                sec_per_step=median,
-                time_ratio=median / base_time,
+                wall_s_per_step=statistics.median(run["times"]),
+                cpu_s_per_step=statistics.median(run["cpu"]),
+                wall_ratio=statistics.median(wall_ratios),
+                cpu_ratio=statistics.median(cpu_ratios),
                 gflops_per_step=run["flops"] / 1e9,
                 flop_ratio=run["flops"] / runs[base]["flops"],
                 head_params=counts["head"],
@@ -151,10 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hrn-widths", choices=["paper", "light"], default="paper")
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=15, help="timed steps per head (interleaved)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sizes", action="store_true", help="paper-width parameter/FLOP table instead")
     p.add_argument("--sizes-backbone", default="resnet50")
     p.add_argument("--sizes-hierarchy", default="cub200-hrn")
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = time_heads(args)
         print(
             f"{args.backbone}, {args.hierarchy}, {args.image_size} px, B={args.batch_size}, "
-            f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps; "
+            f"{args.threads} thread(s), {args.steps} interleaved steps per head, medians; "
             "one training step = forward + loss + backward + SGD\n"
         )
     print(markdown(rows))
