@@ -22,6 +22,7 @@ import re
 import socket
 import struct
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -121,19 +122,29 @@ def has_wandb_credentials(root_dir: str | os.PathLike | None = None) -> bool:
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the W&B host opens (no request is sent). Behind a proxy we
-    cannot tell cheaply, so we assume yes and let ``wandb.init`` decide."""
+    """Whether a TCP connection to the W&B host opens within ``timeout`` seconds, DNS lookup
+    included (no request is sent). Behind a proxy we cannot tell cheaply, so we assume yes and
+    let ``wandb.init`` decide."""
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
     parts = urlsplit(url)
     if not parts.hostname:
         return False
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    # getaddrinfo ignores the socket timeout; a daemon thread bounds a hanging DNS lookup.
+    thread = threading.Thread(target=probe, name="hmc-wandb-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
 
 
 def resolve_wandb_mode(
@@ -254,6 +265,8 @@ class WandbLogger(_LightningWandbLogger):
         )
         explicit_online = mode == "online" and reason != "an API key is configured"
         self._set_mode(mode, reason)
+        if self._wandb_init.get("resume") is None:
+            self._wandb_init["resume"] = "allow"  # Lightning's default; LightningCLI passes None
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)  # wandb >= 0.2x warns about any value
         if self._save_dir:

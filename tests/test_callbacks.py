@@ -254,13 +254,23 @@ def test_plot_state_survives_a_checkpoint(tmp_path):
 def test_resolved_config_reaches_the_logger(wandb_home, use_wandb):  # noqa: F811
     from pytorch_lightning.cli import LightningCLI
 
-    if use_wandb:
-        logger = [
-            "--trainer.logger=hmc.wandb_utils.WandbLogger",
-            "--trainer.logger.project=hmc-test",
-            f"--trainer.logger.save_dir={wandb_home}",
-            "--trainer.logger.log_model=true",
-        ]
+    if use_wandb:  # the way configs/*.yaml wire W&B: logger and callbacks from YAML
+        config = wandb_home / "wandb.yaml"
+        config.write_text(
+            "trainer:\n"
+            "  logger:\n"
+            "    class_path: hmc.wandb_utils.WandbLogger\n"
+            f"    init_args: {{project: hmc-test, save_dir: '{wandb_home}', log_model: true}}\n"
+            "  callbacks:\n"
+            "    - class_path: hmc.callbacks.PerLevelAccuracyPlot\n"
+            "    - class_path: hmc.callbacks.LogHierarchy\n"
+            "    - class_path: hmc.callbacks.LogConfusionMatrices\n"
+            "      init_args: {max_rows: 100, max_matrix_classes: 10}\n"
+            "    - class_path: hmc.callbacks.LogPredictionSamples\n"
+            "      init_args: {num_samples: 4}\n"
+            "    - class_path: hmc.callbacks.LogSummary\n"
+        )
+        logger = [f"--config={config}"]
     else:
         logger = [
             "--trainer.logger=CSVLogger",
@@ -286,9 +296,12 @@ def test_resolved_config_reaches_the_logger(wandb_home, use_wandb):  # noqa: F81
     if use_wandb:
         run = cli.trainer.logger.experiment
         assert (Path(run.dir) / "lightning_config.yaml").is_file()
-        config = items(finished_records(run.sync_dir), "config")
+        records = finished_records(run.sync_dir)
+        config = items(records, "config")
         trainer_cfg = json.loads(config["trainer"])
         model_cfg = json.loads(config["model"])
+        assert "val/samples/_type" in items(records, "history")
+        assert (wandb_home / "per_level_accuracy.png").is_file()
     else:
         hparams = Path(cli.trainer.logger.log_dir) / "hparams.yaml"
         import yaml
