@@ -19,8 +19,9 @@ reductions along dim 0 are several times faster on CPU than along dim 1 of [B, N
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +38,8 @@ class StatePlan:
     parents: D entries; parents[d-1] is the [n_d] long index of each level-d node's parent
         within level d-1 (None for level 1, whose parent is the root).
     paths: [N, D] as HierarchyTensors.paths. levels: [N] in 1..D. is_leaf: [N] bool.
+    path_pad: [N, D] paths with -1 replaced by N (a padding row of the sweep buffers).
+    strict_pad: [N, D] like path_pad, N also at the node itself (strict ancestors only).
     """
 
     offsets: tuple[int, ...]
@@ -44,6 +47,16 @@ class StatePlan:
     paths: torch.Tensor
     levels: torch.Tensor
     is_leaf: torch.Tensor
+    path_pad: torch.Tensor
+    strict_pad: torch.Tensor
+    _columns: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    def columns(self, b: int) -> torch.Tensor:
+        """[b] arange on the plan's device, cached."""
+        cols = self._columns.get(b)
+        if cols is None:
+            cols = self._columns[b] = torch.arange(b, device=self.paths.device)
+        return cols
 
     @property
     def num_levels(self) -> int:
@@ -55,6 +68,14 @@ class StatePlan:
 
     def level(self, d: int) -> slice:
         return slice(self.offsets[d - 1], self.offsets[d])
+
+
+def _no_autocast(t: torch.Tensor):
+    """Autocast off for the sweeps (they must run in the input's float32); a no-op context when
+    autocast is off anyway, which is cheaper to enter."""
+    if torch.is_autocast_enabled(t.device.type):
+        return torch.autocast(t.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 _PLANS: dict[tuple[int, str], tuple[weakref.ref, StatePlan]] = {}
@@ -73,7 +94,11 @@ def state_plan(h: Hierarchy, device: torch.device | str | None = None) -> StateP
     for d in range(2, len(offsets)):
         lo, hi = offsets[d - 1], offsets[d]
         parents.append((t.parent[lo:hi] - offsets[d - 2]).contiguous())
-    plan = StatePlan(offsets, tuple(parents), t.paths, t.levels, t.is_leaf)
+    n = t.paths.shape[0]
+    depth = torch.arange(t.paths.shape[1], device=dev)
+    path_pad = torch.where(t.paths >= 0, t.paths, n)
+    strict_pad = torch.where(depth[None, :] < (t.levels - 1)[:, None], path_pad, n)
+    plan = StatePlan(offsets, tuple(parents), t.paths, t.levels, t.is_leaf, path_pad, strict_pad)
     _PLANS[key] = (weakref.ref(h, lambda _, k=key: _PLANS.pop(k, None)), plan)
     return plan
 
@@ -97,7 +122,7 @@ def log_conditionals(plan: StatePlan, s_t: torch.Tensor) -> torch.Tensor:
             m = x.detach().amax(0, keepdim=True).clamp_min(0)  # [1, B]
             z = x - m
             log_tot = torch.log(torch.exp(-m) + torch.exp(z).sum(0, keepdim=True))
-            lq = z - log_tot
+            lq = torch.sub(z, log_tot, out=None if out is None else out[sl])
         else:
             n_par = plan.offsets[d - 1] - plan.offsets[d - 2]
             # m >= 0 also covers the "stop" term exp(0) and parents without children.
@@ -105,15 +130,33 @@ def log_conditionals(plan: StatePlan, s_t: torch.Tensor) -> torch.Tensor:
             m = m.scatter_reduce_(0, p[:, None].expand_as(x), x.detach(), "amax")
             z = x - m.index_select(0, p)
             log_tot = torch.log(torch.exp(-m).index_add(0, p, torch.exp(z)))  # [n_par, B]
-            lq = z - log_tot.index_select(0, p)
+            lq = torch.sub(z, log_tot.index_select(0, p), out=None if out is None else out[sl])
             r = m + log_tot
-        if out is None:
-            parts.append(lq)
+        parts.append(lq)
+    return torch.cat(parts[::-1], 0) if out is None else out
+
+
+def _log_conditionals_into(plan: StatePlan, s_t: torch.Tensor, out: torch.Tensor) -> None:
+    """:func:`log_conditionals` without autograd, into ``out`` ([N + pad, B]; rows N.. are left
+    alone), with as few kernels and allocations as possible (the loss's hot path)."""
+    r = None
+    for d in range(plan.num_levels, 0, -1):
+        sl = plan.level(d)
+        od = out[sl]
+        x = s_t[sl] if r is None else torch.add(s_t[sl], r, out=od)  # [n_d, B]
+        p = plan.parents[d - 1]
+        if p is None:
+            m = x.amax(0, keepdim=True).clamp_min_(0)  # [1, B]
+            torch.sub(x, m, out=od)
+            log_tot = od.exp().sum(0, keepdim=True).add_(m.neg_().exp_()).log_()
         else:
-            out[sl] = lq
-    if out is None:
-        return torch.cat(parts[::-1], 0)
-    return out
+            m = x.new_zeros(plan.offsets[d - 1] - plan.offsets[d - 2], x.shape[1])
+            m = m.scatter_reduce_(0, p[:, None].expand_as(x), x, "amax")
+            torch.sub(x, m.index_select(0, p), out=od)  # z = x - (segment max), in place
+            log_tot = torch.exp(-m).index_add_(0, p, od.exp()).log_()
+            r = m.add_(log_tot)
+            log_tot = log_tot.index_select(0, p)
+        od.sub_(log_tot)
 
 
 def marginals_from_log_conditionals(plan: StatePlan, log_q: torch.Tensor) -> torch.Tensor:
@@ -141,60 +184,70 @@ def path_sums(plan: StatePlan, w_t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, 0)
 
 
-def _path_values(plan: StatePlan, x_t: torch.Tensor, targets: torch.Tensor):
-    """[B, D] values of x_t ([N, B]) on each target's path, and the [B, D] validity mask."""
-    path = plan.paths[targets]  # [B, D]
-    valid = path >= 0
-    cols = torch.arange(targets.shape[0], device=targets.device)[:, None]
-    return x_t[path.clamp_min(0), cols], valid, path
-
-
 class CombinatorialNLL(torch.autograd.Function):
     """-log P(label on the path) per sample, with a hand-written backward (two level sweeps).
 
-    forward(s [B, N] float, targets [B] long in [0, N), plan) -> [B]. The gradient with
-    respect to s is g * (P(v) - P(v | the path reaches the label)).
+    forward(x [B, N] float, targets [B] long in [0, N), plan, sigmoid: bool) -> [B], where the
+    node scores are ``sigmoid(x)`` or ``x``. The gradient with respect to the node scores is
+    g * (P(v) - C(v)), C(v) = P(v | the path reaches the label); the sigmoid's is applied by
+    chain rule in the same node-major layout. The returned gradient is a transposed
+    (column-major) view, which matmul backward consumes as is.
     """
 
     @staticmethod
-    def forward(ctx, s: torch.Tensor, targets: torch.Tensor, plan: StatePlan) -> torch.Tensor:
-        with torch.autocast(s.device.type, enabled=False):
-            s_t = s.t().contiguous()  # [N, B]
-            log_q = log_conditionals(plan, s_t)
-            vals, valid, _ = _path_values(plan, log_q, targets)
-            loss = -torch.where(valid, vals, torch.zeros_like(vals)).sum(1)
-        ctx.save_for_backward(log_q, targets)
-        ctx.plan = plan
+    def forward(ctx, x: torch.Tensor, targets: torch.Tensor, plan: StatePlan, sigmoid: bool):
+        with _no_autocast(x):
+            s_t = x.t().contiguous()  # [N, B]; a view of x itself when B == 1
+            if sigmoid:
+                s_t = torch.sigmoid(s_t) if s_t.data_ptr() == x.data_ptr() else s_t.sigmoid_()
+            b = targets.shape[0]
+            q = s_t.new_zeros(plan.num_nodes + 1, b)  # row N: padding, log q = 0
+            _log_conditionals_into(plan, s_t, q)
+            cols = plan.columns(b)[:, None]
+            loss = q[plan.path_pad[targets], cols].sum(1).neg_()  # -sum of log q on l's path
+            if ctx.needs_input_grad[0]:
+                q = q.exp_()  # the backward needs only q (and this saves a [N, B] buffer)
+                ctx.save_for_backward(q, targets, s_t if sigmoid else None)
+                ctx.plan = plan
         return loss
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        log_q, targets = ctx.saved_tensors
+        q, targets, sig = ctx.saved_tensors
         plan: StatePlan = ctx.plan
-        with torch.autocast(grad.device.type, enabled=False):
-            g = grad.to(log_q.dtype)  # [B]
-            q = torch.exp(log_q)  # [N, B]
-            out = torch.empty_like(q)
-            path = plan.paths[targets]  # [B, D]
-            lev = plan.levels[targets]  # [B]
-            cols = torch.arange(targets.shape[0], device=targets.device)
-            # pc[:, 0] = g * P(v); pc[:, 1] = g * P(v | path reaches l) for v in l's subtree,
-            # 0 elsewhere (l's strict ancestors, where it is g, are fixed after the loop).
-            pc = None
+        with _no_autocast(grad):
+            g = grad.to(q.dtype)  # [B]
+            b = targets.shape[0]
+            cols = plan.columns(b)
+            out = torch.empty_like(q)  # [N + 1, B], becomes g * (P - C), node-major
+            # C is 1 on l's strict ancestors (fixed after the loop), a top-down product of q
+            # seeded with 1 at l inside l's subtree, 0 elsewhere. Above the shallowest label of
+            # the batch only P is needed, so C lives in rows from that level down.
+            first = int(plan.levels[targets].min()) if b else plan.num_levels + 1
+            base = plan.offsets[min(first, plan.num_levels) - 1]
+            c_buf = q.new_zeros(plan.num_nodes - base, b)
+            if b:
+                c_buf.index_put_((targets - base, cols), g)
+            c_prev = p_prev = None
             for d in range(1, plan.num_levels + 1):
                 sl = plan.level(d)
                 qd = q[sl]  # [n_d, B]
-                if pc is None:
-                    pc = torch.stack([qd * g, torch.zeros_like(qd)], 1)  # [n_1, 2, B]
+                dest = out[sl] if d < first else None  # above `first`, out = g * P directly
+                if p_prev is None:
+                    pd = torch.mul(qd, g, out=dest)
                 else:
-                    pc = pc.index_select(0, plan.parents[d - 1]) * qd[:, None, :]
-                seed = torch.where(lev == d, g, torch.zeros_like(g))
-                rows = (path[:, d - 1] - sl.start).clamp_min(0)
-                pc[:, 1].index_put_((rows, cols), seed, accumulate=True)
-                torch.sub(pc[:, 0], pc[:, 1], out=out[sl])
-            strict = (path >= 0) & (
-                torch.arange(plan.num_levels, device=g.device)[None, :] < (lev - 1)[:, None]
-            )
-            minus_g = torch.where(strict, -g[:, None], torch.zeros_like(path, dtype=g.dtype))
-            out.index_put_((path.clamp_min(0), cols[:, None].expand_as(path)), minus_g, True)
-        return out.t(), None, None
+                    pd = torch.index_select(p_prev, 0, plan.parents[d - 1], out=dest).mul_(qd)
+                p_prev = pd
+                if d < first:
+                    continue
+                cd = c_buf[sl.start - base : sl.stop - base]
+                if c_prev is not None:
+                    cd.addcmul_(c_prev.index_select(0, plan.parents[d - 1]), qd)
+                c_prev = cd
+                torch.sub(pd, cd, out=out[sl])
+            rows = plan.strict_pad[targets]  # [B, D], N (the padding row) where not strict
+            out.index_put_((rows, cols[:, None].expand_as(rows)), g.neg()[:, None], True)
+            out = out[: plan.num_nodes]
+            if sig is not None:
+                out = torch.ops.aten.sigmoid_backward.grad_input(out, sig, grad_input=out)
+        return out.t(), None, None, None

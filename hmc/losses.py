@@ -49,7 +49,7 @@ def _labelled(
     h: Hierarchy, node_scores: Tensor, targets: Tensor, ignore_index: int
 ) -> tuple[Tensor, Tensor]:
     """Validate shapes and labels. Returns (mask [B] bool of labelled samples, targets with
-    unlabelled entries replaced by 0)."""
+    unlabelled entries replaced by a valid column)."""
     if node_scores.ndim != 2 or node_scores.shape[1] != h.num_nodes:
         raise ValueError(
             f"Expected `node_scores` of shape [B, {h.num_nodes}] (one column per node of "
@@ -63,20 +63,23 @@ def _labelled(
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise TypeError(f"Expected `targets` to be integer node columns, but got {targets.dtype}")
     targets = targets.long()
-    mask = (targets >= 0) & (targets != ignore_index)
-    if targets.numel() and int(targets.max()) >= h.num_nodes:
-        bad = int(targets.max())
+    mask = targets >= 0
+    if ignore_index >= 0:
+        mask &= targets != ignore_index
+    if targets.numel() and (bad := int(targets.max())) >= h.num_nodes:
         raise ValueError(
             f"Expected `targets` to be node columns in [0, {h.num_nodes}) or negative "
             f"(unlabelled), but got {bad}"
         )
-    return mask, torch.where(mask, targets, torch.zeros_like(targets))
+    # Unlabelled samples get a placeholder label on the deepest level (any column would do;
+    # this one keeps the backward's conditional sweep short).
+    return mask, torch.where(mask, targets, h.num_nodes - 1)
 
 
 def _reduce(per_sample: Tensor, mask: Tensor, reduction: str) -> Tensor:
     """Reduce [B] losses over labelled samples. "mean" of an all-unlabelled batch is 0 (kept in
     the graph, so every parameter still gets a zero gradient)."""
-    per_sample = torch.where(mask, per_sample, torch.zeros_like(per_sample))
+    per_sample = torch.where(mask, per_sample, 0.0)
     if reduction == "none":
         return per_sample
     total = per_sample.sum()
@@ -124,11 +127,9 @@ class CombinatorialLoss(nn.Module):
 
     def forward(self, node_scores: Tensor, targets: Tensor, leaf_logits: Tensor | None = None):
         mask, t = _labelled(self.hierarchy, node_scores, targets, self.ignore_index)
-        s = _as_float(node_scores)
-        if self.scores == "sigmoid":
-            s = torch.sigmoid(s)
-        plan = state_plan(self.hierarchy, s.device)
-        per_sample = CombinatorialNLL.apply(s, t, plan)
+        x = _as_float(node_scores)
+        plan = state_plan(self.hierarchy, x.device)
+        per_sample = CombinatorialNLL.apply(x, t, plan, self.scores == "sigmoid")
         return _reduce(per_sample, mask, self.reduction)
 
     def extra_repr(self) -> str:

@@ -224,3 +224,14 @@ def test_build_loss_and_errors(ragged):
         loss(torch.randn(2, 10), torch.tensor([0, 10]))
     with pytest.raises(TypeError, match="integer"):
         loss(torch.randn(2, 10), torch.tensor([0.0, 1.0]))
+
+
+def test_no_grad_and_grad_paths_agree(big):
+    x = torch.randn(7, big.num_nodes)
+    t = torch.randint(-1, big.num_nodes, (7,))
+    for scores in ("sigmoid", "logits"):
+        loss = CombinatorialLoss(big, scores=scores, reduction="none")
+        with torch.no_grad():
+            a = loss(x, t)
+        b = loss(x.clone().requires_grad_(), t)
+        torch.testing.assert_close(a, b.detach())
