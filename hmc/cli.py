@@ -117,6 +117,7 @@ def _cli_class():
 
 def run_lightning_cli(args: Sequence[str] | None = None) -> Any:
     """Run ``hmc fit|validate|test`` (``args`` None: ``sys.argv``)."""
+    from hmc.callbacks import LoggerSaveConfigCallback
     from hmc.data import HMCDataModule
     from hmc.lit import HMCModule
 
@@ -124,6 +125,8 @@ def run_lightning_cli(args: Sequence[str] | None = None) -> Any:
         HMCModule,
         HMCDataModule,
         parser_class=_lightning_parser_class(),
+        # Writes config.yaml to the run folder and sends the resolved config to every logger.
+        save_config_callback=LoggerSaveConfigCallback,
         parser_kwargs={"description": DESCRIPTION},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # HMCModule builds its own param groups/schedule

@@ -23,7 +23,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from hmc._registry import load_hierarchy
-from hmc.decoding import decode
+from hmc.decoding import decode as decode_scores
 from hmc.hierarchy import Hierarchy
 from hmc.losses import build_loss
 from hmc.metrics import HierarchicalMetrics
@@ -159,8 +159,10 @@ class HMCModule(pl.LightningModule):
         )  # fmt: skip
         return loss
 
-    def _decode(self, node_scores: Tensor):
-        return decode(
+    def decode(self, node_scores: Tensor):
+        """node_scores [B, N] -> Decoded(nodes [B, D], probs [B, D], node_probs [B, N]) with
+        the evaluation decoder."""
+        return decode_scores(
             self.hierarchy,
             node_scores.float(),
             self.hparams.decoder,
@@ -173,7 +175,7 @@ class HMCModule(pl.LightningModule):
         images, targets = batch
         out = self.model(images)
         loss = self.loss_fn(out.node_scores, targets, leaf_logits=out.leaf_logits)
-        decoded = self._decode(out.node_scores)
+        decoded = self.decode(out.node_scores)
         self._metrics(stage).update(decoded.node_probs, targets, decoded.nodes)
         self.log(
             f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True,
@@ -192,7 +194,7 @@ class HMCModule(pl.LightningModule):
         """Batches of images (or (images, anything)) -> decoded ``nodes`` [B, D], ``probs``
         [B, D] and ``node_probs`` [B, N]."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        decoded = self._decode(self.model(images).node_scores)
+        decoded = self.decode(self.model(images).node_scores)
         return decoded._asdict()
 
     def _metrics(self, stage: str) -> HierarchicalMetrics:
@@ -252,6 +254,10 @@ class HMCModule(pl.LightningModule):
             )
 
     def on_train_epoch_start(self) -> None:
+        # The learning rates (so no LearningRateMonitor, which fails with --trainer.logger false).
+        opt = self.optimizers(use_pl_optimizer=False)
+        lrs = {f"lr/{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(opt.param_groups)}
+        self.log_dict(lrs, on_step=False, on_epoch=True, batch_size=1)
         if self._frozen_epochs:
             grad = self.current_epoch >= self._frozen_epochs
             if grad != self._backbone_grad:

@@ -1,0 +1,267 @@
+"""HMCModule under a real pl.Trainer on tiny in-memory data: losses per head, optimiser groups
+and schedule, logged names, checkpoints (weights_only, the hmc entry, hierarchy checks),
+load_model, freezing, RunCheckpoint and the results table."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from hmc import Hierarchy
+from hmc.decoding import decode
+from hmc.lit import HMCModule, ResultsTable, RunCheckpoint, format_results
+from hmc.losses import HRNLoss, LeafMarginalLoss, PerLevelCrossEntropy
+from hmc.predict import HierarchyMismatchError, Predictor, load_model
+
+TINY_HEAD = {"mid_channels": 8, "block_channels": 16, "hidden": 16, "feature_dim": 8}
+
+
+def toy(grouping: str = "ab") -> Hierarchy:
+    """2 levels, 5 leaves; grouping "ba" moves one leaf (same ids, other structure)."""
+    rows = [("a", "a1"), ("a", "a2"), ("b", "b1"), ("b", "b2"), ("b", "b3")]
+    if grouping == "ba":
+        rows[2] = ("a", "b1")
+    return Hierarchy.from_paths(rows, level_names=["coarse", "fine"], metadata={"name": "toy"})
+
+
+def toy_data(h: Hierarchy, n: int = 20, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    leaves = h.indices(h.leaves)
+    targets = leaves[torch.arange(n) % len(leaves)]
+    targets[::4] = h.tensors().parent[targets[::4]]  # every 4th label is coarse
+    return TensorDataset(torch.randn(n, 3, 16, 16, generator=g), targets)
+
+
+def module(h: Hierarchy | None = None, **kw) -> HMCModule:
+    kw.setdefault("backbone", "test_resnet")
+    kw.setdefault("head_kwargs", TINY_HEAD if kw.get("head", "hrn") == "hrn" else None)
+    return HMCModule(h or toy(), **kw)
+
+
+def trainer(tmp_path, epochs: int = 1, callbacks=None, **kw) -> pl.Trainer:
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks or [],
+        enable_checkpointing=any(isinstance(c, RunCheckpoint) for c in callbacks or []),
+        **kw,
+    )
+
+
+def loader(h: Hierarchy, n: int = 20, seed: int = 0) -> DataLoader:
+    return DataLoader(toy_data(h, n, seed), batch_size=10)
+
+
+def fit_checkpoint(tmp_path, h: Hierarchy | None = None, **kw):
+    h = h or toy()
+    m = module(h, **kw)
+    t = trainer(tmp_path, callbacks=[RunCheckpoint(save_last=True, save_top_k=0)])
+    t.fit(m, loader(h), loader(h, seed=1))
+    return m, tmp_path / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize(
+    ("head", "loss_cls", "kind"),
+    [
+        ("hrn", HRNLoss, "states"),
+        ("flat", PerLevelCrossEntropy, "level_logits"),
+        ("leaf", LeafMarginalLoss, "leaf_log_probs"),
+    ],
+)
+def test_default_loss_and_decoder_follow_the_head(head, loss_cls, kind):
+    m = module(head=head)
+    assert isinstance(m.loss_fn, loss_cls)
+    assert m.score_kind == kind == m.model.head.score_kind
+    out = m(torch.randn(3, 3, 16, 16))
+    dec = m.decode(out.node_scores)
+    ref = decode(m.hierarchy, out.node_scores, "argmax", kind=kind)
+    torch.testing.assert_close(dec.nodes, ref.nodes)
+
+
+def test_bad_choices_name_the_argument():
+    with pytest.raises(ValueError, match=r"Expected argument `optimizer` to be one of"):
+        module(optimizer="adam")
+    with pytest.raises(ValueError, match=r"`decoder`.*'beam'"):
+        module(decoder="beam")
+
+
+@pytest.mark.parametrize(("opt", "cls"), [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_param_groups_and_cosine_schedule(opt, cls):
+    m = module(optimizer=opt, lr=0.002, backbone_lr=0.0002, warmup_epochs=1)
+    m.trainer = pl.Trainer(max_epochs=5, logger=False, enable_progress_bar=False)
+    conf = m.configure_optimizers()
+    optim, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert isinstance(optim, cls)
+    assert conf["lr_scheduler"]["interval"] == "epoch"
+    groups = {g["name"]: g for g in optim.param_groups}
+    assert groups["head"]["lr"] == pytest.approx(0.002 / 2)  # warm-up epoch 0: half
+    assert groups["backbone"]["lr"] == pytest.approx(0.0002 / 2)
+    assert groups["head"]["weight_decay"] == 5e-4
+    if opt == "sgd":
+        assert groups["head"]["momentum"] == 0.9
+    n_params = sum(p.numel() for g in optim.param_groups for p in g["params"])
+    assert n_params == sum(p.numel() for p in m.model.parameters())
+    lrs = []
+    for _ in range(5):
+        lrs.append(optim.param_groups[0]["lr"])
+        optim.step()
+        sched.step()
+    # warm-up (1 epoch), then cosine from the full lr towards 0 at max_epochs
+    expected = [0.5] + [0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(4)]
+    assert lrs == pytest.approx([0.002 * f for f in expected])
+
+
+def test_fit_logs_stable_names_and_exposes_last_metrics(tmp_path):
+    h = toy()
+    m = module(h)
+    t = trainer(tmp_path, epochs=2)
+    t.fit(m, loader(h), loader(h, seed=1))
+    logged = set(t.callback_metrics)
+    for name in ["train/loss", "val/loss", "val/acc/coarse", "val/acc/fine", "val/acc/mean"]:
+        assert name in logged
+    for name in ["val/fpa", "val/tice", "val/hf1", "val/top5/fine", "val/ap/micro", "lr/head"]:
+        assert name in logged
+    assert m.last_stage == "val"
+    assert set(m.last_metrics) >= {"val/acc/fine", "val/loss"}
+    assert all(isinstance(v, float) for v in m.last_metrics.values())
+    assert set(m.last_confusions) == {"coarse", "fine"}
+    t.test(m, loader(h, seed=2), verbose=False)
+    assert m.last_stage == "test" and "test/acc/fine" in m.last_metrics
+
+
+def test_training_step_does_not_sync_to_host(tmp_path, monkeypatch):
+    """training_step itself never calls .item()/.tolist()/float() on a tensor (Lightning may
+    at its logging interval, outside the step). The first step may build cached index
+    plans (one-time set-up), so the check starts at the second."""
+
+    class Strict(HMCModule):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 0:
+                return super().training_step(batch, batch_idx)
+
+            def boom(*a, **k):
+                raise AssertionError("host sync inside training_step")
+
+            with monkeypatch.context() as mp:
+                for name in ("item", "tolist", "__float__", "__bool__", "cpu", "numpy"):
+                    mp.setattr(torch.Tensor, name, boom)
+                return super().training_step(batch, batch_idx)
+
+    h = toy()
+    m = Strict(h, backbone="test_resnet", head_kwargs=TINY_HEAD)
+    trainer(tmp_path, limit_val_batches=0).fit(m, loader(h, n=30))
+    assert m.trainer.global_step == 3
+
+
+def test_checkpoint_is_weights_only_and_carries_its_hierarchy(tmp_path):
+    h = toy()
+    m, ckpt_path = fit_checkpoint(tmp_path, h)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    meta = ckpt["hmc"]
+    assert Hierarchy.from_dict(meta["hierarchy"]) == h
+    assert meta["fingerprint"] == h.fingerprint()
+    assert meta["model_config"]["backbone"] == "test_resnet"
+    assert meta["decoder"]["method"] == "argmax" and meta["decoder"]["kind"] == "states"
+    assert "hierarchy" not in ckpt["hyper_parameters"]
+    json.dumps(ckpt["hyper_parameters"])  # plain values only
+
+    again = HMCModule.load_from_checkpoint(ckpt_path)  # no hierarchy argument needed
+    assert again.hierarchy == h
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v)
+    with pytest.raises(HierarchyMismatchError, match="fingerprint"):
+        HMCModule.load_from_checkpoint(ckpt_path, hierarchy=toy("ba"))
+
+
+def test_load_model_returns_a_ready_predictor(tmp_path):
+    h = toy()
+    m, ckpt_path = fit_checkpoint(tmp_path, h, decoder="marginal")
+    p = load_model(ckpt_path)
+    assert isinstance(p, Predictor)
+    assert not p.model.training and p.hierarchy == h and p.decoder == "marginal"
+    images = torch.randn(4, 3, 16, 16)
+    m.eval()
+    with torch.no_grad():
+        expected = m.decode(m(images).node_scores)
+    got = p(images)
+    torch.testing.assert_close(got.nodes, expected.nodes)
+    torch.testing.assert_close(got.probs, expected.probs)
+    rows = p.rows(got, ["a", "b", "c", "d"])
+    assert rows[0]["image"] == "a" and set(rows[0]) >= {"path", "coarse", "fine_prob"}
+    assert load_model(ckpt_path, hierarchy=h).hierarchy == h
+    with pytest.raises(HierarchyMismatchError, match=r"trained on hierarchy 'toy'"):
+        load_model(ckpt_path, hierarchy=toy("ba"))
+
+
+def test_resuming_with_another_hierarchy_fails_clearly(tmp_path):
+    _, ckpt_path = fit_checkpoint(tmp_path)
+    other = toy("ba")
+    m = module(other)
+    t = trainer(tmp_path / "resume", epochs=2)
+    with pytest.raises(HierarchyMismatchError, match="was trained on hierarchy"):
+        t.fit(m, loader(other), ckpt_path=ckpt_path)
+    with pytest.raises(HierarchyMismatchError):
+        trainer(tmp_path / "val").validate(module(other), loader(other), ckpt_path=ckpt_path)
+
+
+def test_freeze_backbone_all_and_for_some_epochs(tmp_path):
+    m = module(freeze_backbone=True)
+    m.trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False)
+    groups = m.configure_optimizers()["optimizer"].param_groups
+    assert [g["name"] for g in groups] == ["head"]
+
+    h = toy()
+    m = module(h, freeze_backbone=1)
+    before = [p.detach().clone() for p in m.model.backbone.parameters()]
+    seen = []
+
+    class Spy(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            changed = any(
+                not torch.equal(a, b)
+                for a, b in zip(before, pl_module.model.backbone.parameters(), strict=True)
+            )
+            seen.append((pl_module.model.backbone.training, changed))
+
+    trainer(tmp_path, epochs=2, callbacks=[Spy()], limit_val_batches=0).fit(m, loader(h))
+    # epoch 0: frozen (eval mode, unchanged weights); epoch 1: training
+    assert seen == [(False, False), (True, True)]
+
+
+def test_run_checkpoint_defaults_to_the_root_dir_and_saves_the_final_step(tmp_path):
+    h = toy()
+    m = module(h)
+    cb = RunCheckpoint(save_last=True, save_top_k=0, every_n_train_steps=3)
+    t = trainer(tmp_path, epochs=2, callbacks=[cb], limit_val_batches=0)
+    t.fit(m, loader(h))  # 4 steps: step-triggered saving alone would stop at step 3
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4 == t.global_step
+
+
+def test_results_table_prints_levels_and_writes_json(tmp_path, capsys):
+    h = toy()
+    m = module(h)
+    t = trainer(tmp_path, callbacks=[ResultsTable()])
+    t.test(m, loader(h), verbose=False)
+    out = capsys.readouterr().out
+    assert "test results per level" in out and "coarse" in out and "fine" in out
+    saved = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert saved["metrics"]["test/acc/fine"] == pytest.approx(m.last_metrics["test/acc/fine"])
+
+
+def test_format_results_marks_missing_and_nan():
+    h = toy()
+    text = format_results({"val/acc/coarse": 0.5, "val/acc/fine": float("nan")}, h, "val")
+    lines = text.splitlines()
+    assert lines[0] == "val results per level"
+    assert "50.00" in lines[3] and "nan" in lines[4] and "-" in lines[4]
