@@ -189,6 +189,7 @@ def _plot(rows: list[dict[str, float]], columns: list[str], path: Path, title: s
     # Figure + Agg canvas directly: no pyplot global state, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
     by_step = len(set(epochs)) < len(epochs)  # several validations per epoch
@@ -203,11 +204,12 @@ def _plot(rows: list[dict[str, float]], columns: list[str], path: Path, title: s
     values = [r[c] for r in rows for c in columns if c in r]
     if values and min(values) >= 0.0 and max(values) <= 1.0:
         ax.set_ylim(0.0, 1.0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step" if by_step else "epoch")
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
 
