@@ -18,7 +18,9 @@ bytes held by tensors allocated inside the profiled region (inputs excluded, gra
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -82,16 +84,28 @@ def random_tree(level_sizes: tuple[int, ...], seed: int) -> Hierarchy:
 
 
 def time_interleaved(fns: dict[str, Callable[[], None]], repeats: int, warmup: int):
-    """Median seconds per call, methods interleaved so that machine load hits them alike."""
+    """Median seconds per call. The methods are interleaved in a shuffled order each round, so
+    that machine load hits them alike, and the garbage collector runs between calls only (the
+    naive loop's garbage would otherwise be collected during whatever runs next)."""
     for _ in range(warmup):
         for f in fns.values():
             f()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
+    order = list(fns)
+    rng = random.Random(0)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            rng.shuffle(order)
+            for k in order:
+                gc.collect(0)
+                t0 = time.perf_counter()
+                fns[k]()
+                times[k].append(time.perf_counter() - t0)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -27,7 +27,14 @@ import torch
 
 from hmc.hierarchy import Hierarchy
 
-__all__ = ["StatePlan", "state_plan", "log_conditionals", "marginals_from_log_conditionals"]
+__all__ = [
+    "CombinatorialNLL",
+    "StatePlan",
+    "log_conditionals",
+    "marginals_from_log_conditionals",
+    "path_sums",
+    "state_plan",
+]
 
 
 @dataclass(frozen=True)
@@ -110,8 +117,10 @@ def log_conditionals(plan: StatePlan, s_t: torch.Tensor) -> torch.Tensor:
     Differentiable when autograd is on (the per-segment maxima are detached; the result does
     not depend on them). Cost O(N x B), a few kernels per level.
     """
-    track = torch.is_grad_enabled() and s_t.requires_grad
-    out = None if track else torch.empty_like(s_t)
+    if not (torch.is_grad_enabled() and s_t.requires_grad):
+        out = torch.empty_like(s_t)
+        _log_conditionals_into(plan, s_t, out)
+        return out
     parts: list[torch.Tensor] = []
     r = None  # R of the current level's nodes; None means all zero (only leaves below)
     for d in range(plan.num_levels, 0, -1):
@@ -121,8 +130,7 @@ def log_conditionals(plan: StatePlan, s_t: torch.Tensor) -> torch.Tensor:
         if p is None:  # level 1: one segment, the root
             m = x.detach().amax(0, keepdim=True).clamp_min(0)  # [1, B]
             z = x - m
-            log_tot = torch.log(torch.exp(-m) + torch.exp(z).sum(0, keepdim=True))
-            lq = torch.sub(z, log_tot, out=None if out is None else out[sl])
+            parts.append(z - torch.log(torch.exp(-m) + torch.exp(z).sum(0, keepdim=True)))
         else:
             n_par = plan.offsets[d - 1] - plan.offsets[d - 2]
             # m >= 0 also covers the "stop" term exp(0) and parents without children.
@@ -130,10 +138,9 @@ def log_conditionals(plan: StatePlan, s_t: torch.Tensor) -> torch.Tensor:
             m = m.scatter_reduce_(0, p[:, None].expand_as(x), x.detach(), "amax")
             z = x - m.index_select(0, p)
             log_tot = torch.log(torch.exp(-m).index_add(0, p, torch.exp(z)))  # [n_par, B]
-            lq = torch.sub(z, log_tot.index_select(0, p), out=None if out is None else out[sl])
+            parts.append(z - log_tot.index_select(0, p))
             r = m + log_tot
-        parts.append(lq)
-    return torch.cat(parts[::-1], 0) if out is None else out
+    return torch.cat(parts[::-1], 0)
 
 
 def _log_conditionals_into(plan: StatePlan, s_t: torch.Tensor, out: torch.Tensor) -> None:
