@@ -197,9 +197,21 @@ def test_callbacks_log_to_an_offline_wandb_run(wandb_home):  # noqa: F811
     # Table contents, from the run's files.
     sample_tables = table_files(sync_dir, "val/samples")
     assert len(sample_tables) == 2  # one per epoch
-    table = json.loads(sample_tables[0].read_text())
+    # W&B keeps the full table (images as files) in a run_table artifact.
+    (staged,) = [
+        r.artifact
+        for r in records
+        if r.WhichOneof("record_type") == "artifact"
+        and r.artifact.type == "run_table"
+        and "valsamples" in r.artifact.name
+    ][:1]
+    files = {e.path: e.local_path for e in staged.manifest.contents}
+    assert sum(p.endswith(".png") for p in files) == 5
+    table = json.loads(Path(files["val/samples.table.json"]).read_text())
     assert table["columns"] == ["image", "true", "predicted", "correct"]
     assert len(table["data"]) == 5
+    assert {row[0]["_type"] for row in table["data"]} == {"image-file"}
+    assert {row[0]["path"] for row in table["data"]} <= set(files)
     images, targets = samples._batch
     h = module.hierarchy
     expected = [" > ".join(h.name(n) for n in h.ancestors(t)) for t in targets.tolist()]
