@@ -95,3 +95,40 @@ def test_class_balanced_sampler_draws_levels_evenly():
     assert 0.45 < share < 0.55  # balanced per order, vs 0.1 without the sampler
     with pytest.raises(ValueError, match=r"`level` to be one of \['order', 'family', 'species'\]"):
         D.class_balanced_sampler(t, h, "genus")
+
+
+def test_to_normalized_tensor_matches_torchvision_and_is_plain():
+    from torchvision.transforms import v2
+
+    from hmc.data.transforms import ToNormalizedTensor
+
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (20, 30, 3), generator=gen, dtype=torch.uint8)
+    image = Image.fromarray(pixels.numpy())
+    mean, std = (0.2, 0.4, 0.5), (0.3, 0.2, 0.1)
+    ref = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    ours = ToNormalizedTensor(mean, std)
+    for x in (image, pixels.permute(2, 0, 1), pixels.permute(2, 0, 1).float() / 255):
+        y = ours(x)
+        assert type(y) is torch.Tensor and y.is_contiguous() and y.shape == (3, 20, 30)
+        assert torch.allclose(y, ref(image).as_subclass(torch.Tensor), atol=1e-5)
+    assert type(build_transforms("small", train=False)(image)) is torch.Tensor
+
+
+def test_decode_size_draws_jpegs_smaller_but_never_below_the_size(tmp_path):
+    from test_data_fixtures import write_image
+
+    from hmc.data._base import pil_loader
+    from hmc.data.transforms import decode_size
+
+    write_image(tmp_path / "a" / "x.jpg", size=(96, 64))
+    write_image(tmp_path / "a" / "y.png", size=(96, 64))
+    assert pil_loader(str(tmp_path / "a" / "x.jpg"), 16).size == (24, 16)  # DCT scale 1/4
+    assert pil_loader(str(tmp_path / "a" / "x.jpg"), 30).size == (48, 32)  # 1/2
+    assert pil_loader(str(tmp_path / "a" / "x.jpg"), 40).size == (96, 64)  # 32 < 40: full
+    assert pil_loader(str(tmp_path / "a" / "y.png"), 16).size == (96, 64)  # not a JPEG
+    ds = D.HierarchyFolder(tmp_path)
+    ds.decode_size = 16
+    assert ds[0][0].size == (24, 16)
+    assert decode_size("paper") == 550 and decode_size("small", 32) == 32
+    assert decode_size("imagenet") is None

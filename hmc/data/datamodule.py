@@ -13,6 +13,7 @@ from hmc._registry import load_hierarchy
 from hmc.data._base import (
     ON_BAD_SAMPLE,
     HierarchicalDataset,
+    ImageFileDataset,
     check_choice,
     level_counts,
     limit_per_class,
@@ -26,7 +27,7 @@ from hmc.data.generic import CSVDataset, HierarchyFolder, ImagePaths
 from hmc.data.mnist import DEBIAN_DIR, RAW_FILES, FashionMNIST, ensure_raw_files
 from hmc.data.relabel import RelabelConfig, relabel_targets
 from hmc.data.samplers import HMCDataLoader, _level_number, class_balanced_sampler, skip_bad_collate
-from hmc.data.transforms import PRESETS, build_transforms
+from hmc.data.transforms import PRESETS, build_transforms, decode_size
 from hmc.hierarchy import Hierarchy
 
 __all__ = ["DATASETS", "HMCDataModule"]
@@ -222,6 +223,7 @@ class HMCDataModule(pl.LightningDataModule):
                 transform=self._transform(train=False),
                 on_bad_sample=self.on_bad_sample,
             )
+            self.predict_dataset.decode_size = decode_size(self.preset, self.image_size)
 
     def train_dataloader(self) -> HMCDataLoader:
         ds = self._require("train_dataset", "fit")
@@ -300,6 +302,12 @@ class HMCDataModule(pl.LightningDataModule):
 
     def _split(self, split: str, train: bool) -> HierarchicalDataset:
         """The dataset of ``split`` ("train", "val" or "test") with its transform."""
+        ds = self._build(split, train)
+        if isinstance(ds, ImageFileDataset):
+            ds.decode_size = decode_size(self.preset, self.image_size)
+        return ds
+
+    def _build(self, split: str, train: bool) -> HierarchicalDataset:
         cls = DATASETS[self.dataset_name][0]
         common = dict(transform=self._transform(train), on_bad_sample=self.on_bad_sample)
         common.update(self._options())

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from hmc.data._base import check_choice
 
-__all__ = ["PRESETS", "build_transforms", "default_image_size"]
+__all__ = ["PRESETS", "build_transforms", "decode_size", "default_image_size"]
 
 PRESETS = ("paper", "imagenet", "small")
 
@@ -24,6 +25,16 @@ def default_image_size(preset: str) -> int:
     """Side of the output image when ``image_size`` is not given."""
     check_choice("preset", preset, PRESETS)
     return {"paper": PAPER_CROP, "imagenet": 224, "small": 64}[preset]
+
+
+def decode_size(preset: str, image_size: int | None = None) -> int | None:
+    """The side every image is resized to first (so it can be decoded no larger), or None
+    when the preset may zoom in (``imagenet``'s random-resized crop)."""
+    check_choice("preset", preset, PRESETS)
+    size = int(image_size or default_image_size(preset))
+    if preset == "paper":
+        return round(size * PAPER_RESIZE / PAPER_CROP)
+    return size if preset == "small" else None
 
 
 def build_transforms(
@@ -70,8 +81,33 @@ def build_transforms(
         ops += [v2.RandomCrop(size, padding=pad), v2.RandomHorizontalFlip()]
     elif resize != size:
         ops += [v2.CenterCrop(size)]
-    ops += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(HALF, HALF)]
+    ops += [ToNormalizedTensor(HALF, HALF)]
     return v2.Compose(ops)
+
+
+class ToNormalizedTensor:
+    """PIL RGB image (or uint8 tensor [3, H, W]) -> contiguous float32 [3, H, W] equal to
+    (x / 255 - mean) / std, in one multiply-subtract (twice as fast as ``ToImage``,
+    ``ToDtype``, ``Normalize``), returned as a plain tensor rather than a tv_tensor."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean, self.std = tuple(mean), tuple(std)
+        std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self._scale = 1.0 / (255.0 * std_t)
+        self._shift = torch.tensor(mean, dtype=torch.float32)[:, None, None] / std_t
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        if isinstance(image, torch.Tensor):
+            x = image.as_subclass(torch.Tensor)
+        else:
+            x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))  # [H, W, 3]
+            x = x.permute(2, 0, 1)
+        if x.dtype.is_floating_point:  # already in [0, 1]
+            x = x.to(torch.float32) * 255.0
+        return x.contiguous().to(torch.float32).mul_(self._scale).sub_(self._shift)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
 
 
 def _timm_transforms(

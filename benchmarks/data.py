@@ -1,0 +1,135 @@
+"""Loader throughput (images/s) of hmc.data on CUB-style JPEGs, per transform preset and
+number of DataLoader workers, read through the generic CSV loader.
+
+    python benchmarks/data.py --root ../shared/data/cub-crops-77 [--num-images 768] [--json f]
+
+``--root`` is a folder with ``labels.csv`` (columns ``path`` and ``cub_class_dir``) and
+``images/``, as ``shared/data/cub-crops-77`` has. Every configuration reads the same images
+in the same order; the first batch (worker start-up, first decode) is not timed. Ratios are
+against decoding alone (PIL open + RGB, no transform, 0 workers) measured in the same run,
+so they stay meaningful on a busy machine where absolute figures do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+import hmc.data as D
+from hmc.data.transforms import decode_size
+
+
+def _to_tensor_only(image):
+    """Decode-only baseline: a PIL image to a uint8 tensor, nothing else."""
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
+
+
+def _collate_list(batch):
+    return batch  # images differ in size in the decode-only baseline
+
+
+def measure(ds, workers: int, batch_size: int, repeats: int) -> float:
+    """Best images/s over ``repeats`` passes (after the first batch of each pass)."""
+    rates = []
+    decode_only = ds.transform is _to_tensor_only
+    for _ in range(repeats):
+        loader = DataLoader(
+            ds,
+            batch_size=batch_size,
+            num_workers=workers,
+            shuffle=False,
+            collate_fn=_collate_list if decode_only else None,
+        )
+        it = iter(loader)
+        next(it)  # start-up and first decode are not timed
+        start, n = time.perf_counter(), 0
+        for batch in it:
+            n += len(batch) if decode_only else len(batch[1])  # (images, targets) otherwise
+        rates.append(n / (time.perf_counter() - start))
+        del it, loader
+    return max(rates)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--root", required=True, help="folder with labels.csv and images/")
+    p.add_argument("--label-column", default="cub_class_dir")
+    p.add_argument("--hierarchy", default="cub200")
+    p.add_argument("--num-images", type=int, default=768, help="images per pass (first n rows)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--presets",
+        nargs="+",
+        default=["paper", "small", "small+draft"],
+        help="'+draft': decode JPEGs at a reduced DCT scale, as HMCDataModule does",
+    )
+    p.add_argument("--small-size", type=int, default=64, help="image_size of the small preset")
+    p.add_argument("--repeats", type=int, default=2, help="passes per setting; the best counts")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    # DataLoader workers run with 1 thread each; the main process does the same by default,
+    # since intra-op threads on small per-image tensors only add overhead (and oversubscribe
+    # a shared machine).
+    torch.set_num_threads(args.threads)
+
+    root = Path(args.root).expanduser()
+    full = D.CSVDataset(
+        root / "labels.csv", args.hierarchy, root=root / "images", label_column=args.label_column
+    )
+    ds = full.subset(torch.arange(min(args.num_images, len(full))))
+    print(f"{full!r}\nusing the first {len(ds)} images, batch {args.batch_size}", file=sys.stderr)
+
+    ds.transform = _to_tensor_only
+    baseline = measure(ds, 0, args.batch_size, args.repeats)
+    rows = [{"preset": "decode only", "workers": 0, "images_per_s": baseline}]
+    for preset in args.presets:
+        name, _, draft = preset.partition("+")
+        size = args.small_size if name == "small" else None
+        ds.transform = D.build_transforms(name, train=True, image_size=size)
+        ds.decode_size = decode_size(name, size) if draft else None
+        for w in args.workers:
+            rate = measure(ds, w, args.batch_size, args.repeats)
+            rows.append({"preset": preset, "workers": w, "images_per_s": rate})
+            print(f"  {preset} workers={w}: {rate:.0f} images/s", file=sys.stderr)
+
+    zero = {r["preset"]: r["images_per_s"] for r in rows if r["workers"] == 0}
+    print("| preset (train transform) | workers | images/s | vs decode only | vs 0 workers |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        label = r["preset"].replace("small", f"small ({args.small_size} px)")
+        label = label.replace("paper", "paper (550 px, crop 448)")
+        label = label.replace("+draft", ", JPEG draft decode")
+        rate = r["images_per_s"]
+        print(
+            f"| {label} | {r['workers']} | {rate:.0f} | {rate / baseline:.2f} | "
+            f"{rate / zero[r['preset']]:.2f} |"
+        )
+    env = {
+        "cpus": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if args.json:
+        args.json.write_text(
+            json.dumps({"rows": rows, "env": env, "args": vars(args)}, default=str, indent=1)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
