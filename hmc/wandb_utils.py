@@ -51,6 +51,7 @@ HIERARCHY_FILE = "hierarchy.tree"
 # `wandb login` may sit under either host in ~/.netrc.
 _SAAS_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
 _MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
+_AUTO_ONLINE = "an API key is configured"  # the reason when online was not asked for explicitly
 
 
 # --------------------------------------------------------------------------- mode decision
@@ -184,7 +185,7 @@ def resolve_wandb_mode(
     base_url = _wandb_base_url(settings)
     if network_check and not _reachable(base_url):
         return "offline", f"cannot reach {base_url}"
-    return "online", "an API key is configured"
+    return "online", _AUTO_ONLINE
 
 
 # ---------------------------------------------------------------------------------- logger
@@ -263,7 +264,7 @@ class WandbLogger(_LightningWandbLogger):
             root_dir=self._save_dir,
             network_check=self._network_check,
         )
-        explicit_online = mode == "online" and reason != "an API key is configured"
+        explicit_online = mode == "online" and reason != _AUTO_ONLINE
         self._set_mode(mode, reason)
         if self._wandb_init.get("resume") is None:
             self._wandb_init["resume"] = "allow"  # Lightning's default; LightningCLI passes None
