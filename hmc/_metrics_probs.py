@@ -22,7 +22,7 @@ __all__ = [
     "binned_average_precision",
 ]
 
-_HISTC_CHUNK = 1 << 24  # histc counts in the input's float dtype: exact up to 2**24 per call
+_CHUNK = 1 << 22  # elements per step of the average precision's scan
 
 
 def _check_ks(ks: int | Sequence[int], name: str) -> tuple[int, ...]:
@@ -147,9 +147,10 @@ class HierarchicalAveragePrecision(HierarchicalMetric):
 
     Each (sample, node) pair at a level the sample is labelled at is one binary decision:
     positive when the node is the label or one of its ancestors, scored by ``node_probs``.
-    ``ap/micro`` pools the pairs of all levels, ``ap/<level>`` those of one level. Scores are
-    binned into ``thresholds`` equal bins of [0, 1] (threshold j = j / thresholds), so the state
-    is 2 x levels x thresholds counts whatever the number of samples. Binned AP equals exact AP
+    ``ap/micro`` pools the pairs of all levels, ``ap/<level>`` those of one level. A score x
+    falls in bin min(T - 1, floor(x * T)) of T = ``thresholds`` equal bins of [0, 1]
+    (negative rounding slack in bin 0), and AP is computed at the thresholds j / T, so the
+    state is 2 x levels x T counts whatever the number of samples. Binned AP equals exact AP
     when no bin holds two distinct scores; otherwise it is a close approximation.
     """
 
@@ -166,30 +167,41 @@ class HierarchicalAveragePrecision(HierarchicalMetric):
         self._add_count("positives", (hierarchy.num_levels, thresholds))
         self._add_count("negatives", (hierarchy.num_levels, thresholds))
 
-    def _hist(self, x: Tensor) -> Tensor:
-        return torch.histc(x, bins=self.thresholds, min=0.0, max=1.0).long()
+    def _bin_counts(self, x: Tensor) -> Tensor:
+        """[T] counts of the scores ``x`` (any shape) per bin; float64 keeps the rule exact."""
+        t = self.thresholds
+        idx = (x.double() * t).floor_().clamp_(0, t - 1).long()
+        return torch.bincount(idx.flatten(), minlength=t)
 
     def _update(self, batch: MetricBatch) -> None:
         h = self.hierarchy
+        # Scores below 1 / T are all in bin 0. A level's probabilities sum to at most 1, so
+        # few scores per row reach 1 / T: only those are extracted and binned. (The margin
+        # only lets a few scores of bin 0 through, where the rule puts them anyway.)
+        low = (1.0 - 1e-6) / self.thresholds
         for d in range(1, h.num_levels + 1):
             col = batch.level_targets[:, d - 1]
             counted = col >= 0
             if not bool(counted.any()):
                 continue
-            self.positives[d - 1] += self._hist(batch.target_probs(d)[counted].clamp(0, 1))
-            p = batch.level_probs(d)
-            local = col - h.level_slice(d).start
-            rows = None if bool(counted.all()) else counted.nonzero().squeeze(1)
-            num_rows = p.shape[0] if rows is None else rows.numel()
-            step = max(1, _HISTC_CHUNK // max(1, p.shape[1]))
-            for r0 in range(0, num_rows, step):
-                # A clamped copy: rounding slack (PROB_TOLERANCE) stays in the end bins.
-                if rows is None:
-                    x, t = p[r0 : r0 + step].clamp(0, 1), local[r0 : r0 + step]
-                else:
-                    x, t = p[rows[r0 : r0 + step]].clamp_(0, 1), local[rows[r0 : r0 + step]]
-                x.scatter_(1, t[:, None], 2.0)  # out of histc's range: positives leave the count
-                self.negatives[d - 1] += self._hist(x)
+            every_row = bool(counted.all())
+            pos = self._bin_counts(batch.target_probs(d)[counted])
+            p = batch.level_probs(d)  # [B, n_d] view
+            counts = torch.zeros_like(pos)
+            step = max(1, _CHUNK // max(1, p.shape[1]))  # bounds the [rows, n_d] bool mask
+            for r0 in range(0, p.shape[0], step):
+                x = p[r0 : r0 + step]
+                high = x >= low
+                rows = x.shape[0]
+                if not every_row:
+                    keep = counted[r0 : r0 + step]
+                    high &= keep[:, None]
+                    rows = int(keep.sum())
+                big = x[high]
+                counts += self._bin_counts(big)
+                counts[0] += rows * x.shape[1] - big.numel()
+            self.positives[d - 1] += pos
+            self.negatives[d - 1] += counts - pos
 
     def compute(self) -> dict[str, Tensor]:
         per_level = binned_average_precision(self.positives, self.negatives)

@@ -5,7 +5,6 @@ per-level picks, and gaps."""
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import Counter
 
@@ -117,21 +116,18 @@ def _ap_exact(pairs: list[tuple[float, bool]]) -> float:
 
 
 def _ap_binned(pairs: list[tuple[float, bool]], thresholds: int) -> float:
-    """AP at thresholds j / T: precision and recall of the scores >= each threshold."""
+    """AP at thresholds j / T, a score x counting as >= j / T when min(T-1, floor(xT)) >= j."""
     total = sum(lab for _, lab in pairs)
     if not total:
         return math.nan
-    pos = sorted(s for s, lab in pairs if lab)
-    neg = sorted(s for s, lab in pairs if not lab)
-
-    def at_least(xs, t):  # how many scores >= t
-        return len(xs) - bisect.bisect_left(xs, t)
-
+    pos, neg = [0] * thresholds, [0] * thresholds
+    for s, lab in pairs:
+        b = min(thresholds - 1, max(0, math.floor(s * thresholds)))
+        (pos if lab else neg)[b] += 1
     ap = 0.0
     for j in range(thresholds):
-        tp, fp = at_least(pos, j / thresholds), at_least(neg, j / thresholds)
-        tp_next = at_least(pos, (j + 1) / thresholds) if j + 1 < thresholds else 0
-        ap += (tp - tp_next) / total * (tp / (tp + fp) if tp + fp else 1.0)
+        tp, fp = sum(pos[j:]), sum(neg[j:])
+        ap += pos[j] / total * (tp / (tp + fp) if tp + fp else 1.0)
     return ap
 
 
@@ -297,6 +293,18 @@ def test_binned_ap_is_close_to_exact_ap(case):
         exact = _ap_exact(ap_all)
         # Bins of width 1/200 merge scores that are close: a small, bounded approximation.
         assert abs(float(got["ap/micro"]) - exact) < 0.03
+
+
+@given(cases(), st.sampled_from([4, 200, 256]))
+@settings(max_examples=25)
+def test_ap_with_scores_on_the_bin_edges(case, thresholds):
+    h, probs, targets, pred = case
+    # Scores exactly j / T in float32 (0 and 1 included): the binning rule decides.
+    probs = (probs * thresholds).round() / thresholds
+    m = HierarchicalMetrics(h, metrics=["ap"], ap_thresholds=thresholds)
+    m.update(probs, targets, pred)
+    want, _, _ = reference(h, probs, targets, pred, thresholds=thresholds)
+    assert_metrics_equal(m.compute(), {k: v for k, v in want.items() if k.startswith("ap/")})
 
 
 @pytest.mark.parametrize("thresholds", [64, 200, 257])
