@@ -60,8 +60,12 @@ class MetricBatch:
         predictions: Any = None,
         *,
         validate_args: bool = True,
+        topk_hint: int = 0,
     ) -> None:
         self.hierarchy = hierarchy
+        # The largest k the metrics will ask level_topk for: one topk pass then also gives
+        # the per-level max, instead of a second pass over node_probs.
+        self.topk_hint = topk_hint
         if targets is None:
             raise ValueError("Expected argument `targets` to be given, but got None")
         if node_probs is None and predictions is None:
@@ -208,9 +212,19 @@ class MetricBatch:
         """Top-1 within level d: ([B] probability, [B] column); ties go to the lower column."""
         cache = self._max_cache
         if d not in cache:
-            p = self.level_probs(d)
-            values, idx = p.max(1)
-            cache[d] = (values, idx + self.hierarchy.level_slice(d).start)
+            start = self.hierarchy.level_slice(d).start
+            if self.topk_hint > 1:
+                values, cols = self.level_topk(d, self.topk_hint)
+                top, col = values[:, 0], cols[:, 0]
+                if values.shape[1] > 1:
+                    tie = (values[:, 0] == values[:, 1]).nonzero().squeeze(1)
+                    if tie.numel():  # topk orders ties arbitrarily; argmax takes the first
+                        col = col.clone()
+                        col[tie] = self.level_probs(d)[tie].argmax(1) + start
+                cache[d] = (top, col)
+            else:
+                values, idx = self.level_probs(d).max(1)
+                cache[d] = (values, idx + start)
         return cache[d]
 
     def level_topk(self, d: int, k: int) -> tuple[Tensor, Tensor]:

@@ -47,6 +47,7 @@ class HierarchicalMetric(Metric):
     is_differentiable = False
     full_state_update = False
     needs_probs = False
+    topk_hint = 0  # the largest k this metric asks MetricBatch.level_topk for
 
     def __init__(self, hierarchy: Hierarchy, *, validate_args: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
@@ -67,7 +68,12 @@ class HierarchicalMetric(Metric):
             batch = node_probs
         else:
             batch = MetricBatch(
-                self.hierarchy, node_probs, targets, predictions, validate_args=self.validate_args
+                self.hierarchy,
+                node_probs,
+                targets,
+                predictions,
+                validate_args=self.validate_args,
+                topk_hint=self.topk_hint,
             )
         if self.needs_probs and batch.probs is None:
             raise ValueError(

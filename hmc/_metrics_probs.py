@@ -44,6 +44,7 @@ class TopKAccuracy(HierarchicalMetric):
     def __init__(self, hierarchy: Hierarchy, top_k: int | Sequence[int] = 5, **kwargs: Any):
         super().__init__(hierarchy, **kwargs)
         self.top_k = _check_ks(top_k, "top_k")
+        self.topk_hint = max(self.top_k)
         self._add_count("hits", (len(self.top_k), hierarchy.num_levels))
         self._add_count("total", (hierarchy.num_levels,))
 
@@ -98,6 +99,7 @@ class AverageHierarchicalDistance(HierarchicalMetric):
     def __init__(self, hierarchy: Hierarchy, k: int | Sequence[int] = (1, 5), **kwargs: Any):
         super().__init__(hierarchy, **kwargs)
         self.k = _check_ks(k, "k")
+        self.topk_hint = max(self.k)
         self._add_count("height", (len(self.k),))
         self._add_count("pairs", (len(self.k),))
 

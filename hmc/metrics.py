@@ -173,8 +173,14 @@ class HierarchicalMetrics(MetricCollection):
                 f"Expected argument `node_probs` for the metrics {have}, but got None; pass "
                 f"node_probs, or leave those out with `metrics=`"
             )
+        hint = max(m.topk_hint for m in self.values(copy_state=False))
         return MetricBatch(
-            self.hierarchy, node_probs, targets, predictions, validate_args=self.validate_args
+            self.hierarchy,
+            node_probs,
+            targets,
+            predictions,
+            validate_args=self.validate_args,
+            topk_hint=hint,
         )
 
     def update(self, node_probs: Any = None, targets: Any = None, predictions: Any = None) -> None:

@@ -102,6 +102,12 @@ def test_topk_ties_go_to_the_lower_column_like_argmax():
     acc = LevelAccuracy(h)
     acc.update(probs, targets)  # argmax picks the first maximum: col 2, 2, 0
     assert float(acc.compute()["acc/level_1"]) == 0
+    # The same through the collection, which takes the per-level max from one topk pass.
+    both = HierarchicalMetrics(h, metrics=["acc", "topk", "ece"])
+    both.update(probs, targets)
+    assert float(both.compute()["acc/level_1"]) == 0
+    both.update(probs[2:], torch.tensor([0]))
+    assert float(both.compute()["acc/level_1"]) == 1 / 4
 
 
 def test_ahd_and_severity_by_hand(tree):
