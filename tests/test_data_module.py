@@ -81,8 +81,10 @@ def test_relabel_and_limits_only_touch_training(fashion_root):
     dm = _fashion(fashion_root, relabel=relabel, max_per_class=6, val_fraction=0.2)
     dm.setup("fit")
     dm.setup("test")
-    assert dm.label_counts["train"] == {"domain": 30, "type": 0, "class": 30}
-    assert dm.label_counts["val"] == {"domain": 0, "type": 0, "class": 20}
+    # 6 per class kept, then 1 of them (round(0.2 * 6)) per class held out for validation; of
+    # the 5 left, 5 - ceil(0.5 * 5) = 2 per class are relabelled. The test set stays whole.
+    assert dm.label_counts["train"] == {"domain": 20, "type": 0, "class": 30}
+    assert dm.label_counts["val"] == {"domain": 0, "type": 0, "class": 10}
     assert dm.label_counts["test"] == {"domain": 0, "type": 0, "class": 30}
     again = _fashion(fashion_root, relabel=relabel, max_per_class=6, val_fraction=0.2)
     again.setup("fit")

@@ -71,7 +71,9 @@ class HMCDataModule(pl.LightningDataModule):
             validation (aircraft has an official val split and ignores it). 0 = no validation.
         balanced_sampling: a level name: sample training batches so every node of that level
             is drawn equally often (with replacement).
-        max_per_class: keep at most this many samples per label in every split (CPU demos).
+        max_per_class: train on at most this many samples per label (the first ones, in the
+            dataset's order), for CPU demos; a val split carved from the training data is
+            carved after this limit. Official val and test splits stay complete.
         predict_paths: image files or folders for ``predict``.
         on_bad_sample: ``raise`` or ``skip`` (skipped counts are warned after each pass).
         seed: seeds the train/val division (not the relabelling: see ``relabel.seed``).
@@ -194,7 +196,7 @@ class HMCDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and self.train_dataset is None:
-            train = limit_per_class(self._split("train", train=True), self.max_per_class)
+            train = self._split("train", train=True)
             cfg = self.relabel
             if cfg.ratio > 0:
                 train = train.with_targets(
@@ -204,7 +206,7 @@ class HMCDataModule(pl.LightningDataModule):
                 )
             self.train_dataset = self._report("train", train)
         if stage in ("fit", "validate", None) and self.val_dataset is None:
-            val = limit_per_class(self._split("val", train=False), self.max_per_class)
+            val = self._split("val", train=False)
             if len(val):  # empty when val_fraction=0 and the dataset has no val split
                 self.val_dataset = self._report("val", val)
         if stage in ("test", None) and self.test_dataset is None:
@@ -215,7 +217,7 @@ class HMCDataModule(pl.LightningDataModule):
                     raise
                 test = None
             if test is not None:
-                self.test_dataset = self._report("test", limit_per_class(test, self.max_per_class))
+                self.test_dataset = self._report("test", test)
         if stage in ("predict", None) and self.predict_dataset is None and self.predict_paths:
             self.predict_dataset = ImagePaths(
                 self.predict_paths,
@@ -308,32 +310,33 @@ class HMCDataModule(pl.LightningDataModule):
         return ds
 
     def _build(self, split: str, train: bool) -> HierarchicalDataset:
+        """Official test and val splits as they are; train (and val, where the dataset has
+        none) from the official training data, limited to ``max_per_class`` per label first."""
         cls = DATASETS[self.dataset_name][0]
         common = dict(transform=self._transform(train), on_bad_sample=self.on_bad_sample)
         common.update(self._options())
-        if cls in _CARVED:
-            if cls is FashionMNIST:
-                common.setdefault("system_dir", DEBIAN_DIR)
-            return cls(
-                self.root,
-                split=split,
-                hierarchy=self.hierarchy,
-                val_fraction=self.val_fraction,
-                seed=self.seed,
-                **common,
-            )
-        if cls is FGVCAircraft:
-            return cls(self.root, split=split, hierarchy=self.hierarchy, **common)
+        if cls is FashionMNIST:
+            common.setdefault("system_dir", DEBIAN_DIR)
+        if cls in _CARVED or cls is FGVCAircraft:
+
+            def make(s: str) -> HierarchicalDataset:
+                return cls(self.root, split=s, hierarchy=self.hierarchy, **common)
+
+            if split == "test" or cls is FGVCAircraft:  # aircraft has an official val split
+                ds = make(split)
+                return limit_per_class(ds, self.max_per_class) if split == "train" else ds
+            return self._carve(make("trainval"), split)
+
         if cls is CSVDataset:
             sources = self._csv_files()
 
-            def make(path: Path) -> HierarchicalDataset:
+            def load(path: Path) -> HierarchicalDataset:
                 return CSVDataset(path, self.hierarchy, **common)
 
         else:
             sources = self._folder_sources()
 
-            def make(path: Path) -> HierarchicalDataset:
+            def load(path: Path) -> HierarchicalDataset:
                 return HierarchyFolder(path, self.hierarchy, **common)
 
         if split == "test":
@@ -342,12 +345,16 @@ class HMCDataModule(pl.LightningDataModule):
                     f"{self.dataset_name}: no test split under {self.root} (expected "
                     f"{'test.csv' if cls is CSVDataset else 'test/'})"
                 )
-            return make(sources["test"])
+            return load(sources["test"])
         if "val" in sources:
-            return make(sources[split])
-        return self._carve(make(sources["train"]), split)
+            ds = load(sources[split])
+            return limit_per_class(ds, self.max_per_class) if split == "train" else ds
+        return self._carve(load(sources["train"]), split)
 
     def _carve(self, pool: HierarchicalDataset, split: str) -> HierarchicalDataset:
+        """Train or val from a training pool: first ``max_per_class`` per label, then the
+        seeded per-class division (the same one the dataset classes make themselves)."""
+        pool = limit_per_class(pool, self.max_per_class)
         keep, held = stratified_split(pool.targets, self.val_fraction, self.seed)
         return pool.subset(keep if split == "train" else held)
 
