@@ -175,33 +175,36 @@ class HierarchicalAveragePrecision(HierarchicalMetric):
         idx = (x.double() * t).floor_().clamp_(0, t - 1).long()
         return torch.bincount(idx.flatten(), minlength=t)
 
+    def _scan(self, x: Tensor) -> Tensor:
+        """[T] bin counts of all scores of x [R, n]. Scores below 1 / T are all in bin 0, and a
+        level's probabilities sum to at most 1, so few scores per row reach 1 / T: only those
+        are extracted and binned. (The margin lets a few bin-0 scores through; the rule puts
+        them in bin 0 anyway.)"""
+        low = (1.0 - 1e-6) / self.thresholds
+        counts = torch.zeros(self.thresholds, dtype=torch.long, device=x.device)
+        step = max(1, _CHUNK // max(1, x.shape[1]))  # bounds the [rows, n] bool mask
+        for r0 in range(0, x.shape[0], step):
+            chunk = x[r0 : r0 + step]
+            big = chunk[chunk >= low]
+            counts += self._bin_counts(big)
+            counts[0] += chunk.numel() - big.numel()
+        return counts
+
     def _update(self, batch: MetricBatch) -> None:
         h = self.hierarchy
-        # Scores below 1 / T are all in bin 0. A level's probabilities sum to at most 1, so
-        # few scores per row reach 1 / T: only those are extracted and binned. (The margin
-        # only lets a few scores of bin 0 through, where the rule puts them anyway.)
-        low = (1.0 - 1e-6) / self.thresholds
         for d in range(1, h.num_levels + 1):
-            col = batch.level_targets[:, d - 1]
-            counted = col >= 0
-            if not bool(counted.any()):
+            counted = batch.level_targets[:, d - 1] >= 0
+            num = int(counted.sum())
+            if not num:
                 continue
-            every_row = bool(counted.all())
             pos = self._bin_counts(batch.target_probs(d)[counted])
             p = batch.level_probs(d)  # [B, n_d] view
-            counts = torch.zeros_like(pos)
-            step = max(1, _CHUNK // max(1, p.shape[1]))  # bounds the [rows, n_d] bool mask
-            for r0 in range(0, p.shape[0], step):
-                x = p[r0 : r0 + step]
-                high = x >= low
-                rows = x.shape[0]
-                if not every_row:
-                    keep = counted[r0 : r0 + step]
-                    high &= keep[:, None]
-                    rows = int(keep.sum())
-                big = x[high]
-                counts += self._bin_counts(big)
-                counts[0] += rows * x.shape[1] - big.numel()
+            if num == p.shape[0]:
+                counts = self._scan(p)
+            elif 2 * num >= p.shape[0]:  # scan every row, take away the few uncounted ones
+                counts = self._scan(p) - self._scan(p[~counted])
+            else:
+                counts = self._scan(p[counted])
             self.positives[d - 1] += pos
             self.negatives[d - 1] += counts - pos
 
