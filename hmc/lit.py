@@ -9,6 +9,7 @@ turns one into a predictor with no other file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -274,6 +275,11 @@ class HMCModule(pl.LightningModule):
 
     # ------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning stores the module's and data module's hparams as given (e.g. a RelabelConfig
+        # dataclass); plain values keep the file loadable with torch.load(weights_only=True).
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = _plain(dict(checkpoint[key]))
         checkpoint[CHECKPOINT_KEY] = {
             "format": "hmc-checkpoint/1",
             "hierarchy": self.hierarchy.to_dict(),
@@ -346,6 +352,21 @@ class HMCModule(pl.LightningModule):
         )
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with dataclasses, paths, hierarchies and other objects made JSON-like."""
+    if isinstance(value, (str, int, float, bool, type(None), Tensor)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, Hierarchy):
+        return value.to_dict()
+    return str(value)
+
+
 def _schedule(kind: str, total: int, warmup: int):
     """LambdaLR factor: linear warm-up over ``warmup`` units, then cosine to 0 at ``total``
     (or constant)."""
@@ -372,10 +393,18 @@ class RunCheckpoint(ModelCheckpoint):
       job resumes from where it stopped (after SIGKILL: from the last periodic save).
     """
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def _default_dirpath(self, trainer: pl.Trainer) -> None:
         if self.dirpath is None:
             self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._default_dirpath(trainer)
         super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer: pl.Trainer) -> set[str]:
+        # `ckpt_path="last"` is resolved before setup(), so the folder must be known here too.
+        self._default_dirpath(trainer)
+        return super()._find_last_checkpoints(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)

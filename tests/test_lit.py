@@ -265,3 +265,27 @@ def test_format_results_marks_missing_and_nan():
     lines = text.splitlines()
     assert lines[0] == "val results per level"
     assert "50.00" in lines[3] and "nan" in lines[4] and "-" in lines[4]
+
+
+def test_ckpt_path_last_finds_the_run_checkpoint_with_a_versioned_logger(tmp_path):
+    """`ckpt_path="last"` is resolved before callbacks' setup(): RunCheckpoint must still look
+    in <default_root_dir>/checkpoints, not in the logger's new version folder."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    h = toy()
+
+    def run(max_steps: int, **kw) -> pl.Trainer:
+        t = pl.Trainer(
+            default_root_dir=tmp_path, max_epochs=5, max_steps=max_steps, accelerator="cpu",
+            logger=CSVLogger(tmp_path), enable_progress_bar=False, enable_model_summary=False,
+            limit_val_batches=0,
+            callbacks=[RunCheckpoint(save_last=True, save_top_k=0, every_n_train_steps=1)],
+        )  # fmt: skip
+        t.fit(module(h), loader(h), **kw)
+        return t
+
+    run(1)
+    t = run(3, ckpt_path="last")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert t.ckpt_path == str(tmp_path / "checkpoints" / "last.ckpt")
