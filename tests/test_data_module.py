@@ -151,9 +151,13 @@ def test_cub_with_a_trainer_reports_skipped_images(tmp_path):
     dm.setup("fit")
     corrupt(Path(dm.train_dataset.paths[0]))
     model = _Tiny(h.num_nodes)
+    trainer = _trainer()
     with pytest.warns(D.SkippedSamplesWarning, match="skipped 1 of 20 samples"):
-        _trainer().fit(model, datamodule=dm)
+        trainer.fit(model, datamodule=dm)
     assert model.seen == {"train": 19, "val": 10}
+    trainer.save_checkpoint(tmp_path / "x.ckpt")  # data hparams are plain values
+    saved = torch.load(tmp_path / "x.ckpt", weights_only=True)["datamodule_hyper_parameters"]
+    assert saved["relabel"] == {"ratio": 0.0, "to": "parent", "selection": "first", "seed": 0}
     _trainer().test(model, datamodule=dm)
     assert model.seen["test"] == 10
     out = _trainer().predict(model, datamodule=dm)

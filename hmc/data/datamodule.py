@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -75,7 +76,8 @@ class HMCDataModule(pl.LightningDataModule):
             dataset's order), for CPU demos; a val split carved from the training data is
             carved after this limit. Official val and test splits stay complete.
         predict_paths: image files or folders for ``predict``.
-        on_bad_sample: ``raise`` or ``skip`` (skipped counts are warned after each pass).
+        on_bad_sample: ``raise`` or ``skip`` (skipped counts are warned after each pass;
+            predict always raises, so that predictions line up with ``predict_dataset.paths``).
         seed: seeds the train/val division (not the relabelling: see ``relabel.seed``).
         download: let ``prepare_data`` download cifar100 / fashion-mnist / aircraft through
             torchvision when absent. Nothing is ever downloaded in ``__init__``.
@@ -118,6 +120,8 @@ class HMCDataModule(pl.LightningDataModule):
         self.save_hyperparameters(
             ignore=["hierarchy"] if isinstance(hierarchy, Hierarchy) else None
         )
+        if is_dataclass(relabel):  # plain values only: checkpoints load with weights_only=True
+            self.hparams["relabel"] = asdict(relabel)
         _, default_h, default_preset, default_size = DATASETS[dataset]
         self.dataset_name = dataset
         self.root = Path(root).expanduser()
@@ -219,11 +223,9 @@ class HMCDataModule(pl.LightningDataModule):
             if test is not None:
                 self.test_dataset = self._report("test", test)
         if stage in ("predict", None) and self.predict_dataset is None and self.predict_paths:
+            # Always "raise": a skipped image would shift predictions against .paths.
             self.predict_dataset = ImagePaths(
-                self.predict_paths,
-                self.hierarchy,
-                transform=self._transform(train=False),
-                on_bad_sample=self.on_bad_sample,
+                self.predict_paths, self.hierarchy, transform=self._transform(train=False)
             )
             self.predict_dataset.decode_size = decode_size(self.preset, self.image_size)
 
@@ -271,6 +273,7 @@ class HMCDataModule(pl.LightningDataModule):
         return getattr(self, attr)
 
     def _loader(self, ds, *, shuffle=False, sampler=None, drop_last=False, persistent=False):
+        skip = ds.on_bad_sample == "skip"
         workers = self.num_workers
         return HMCDataLoader(
             ds,
@@ -281,7 +284,7 @@ class HMCDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=persistent and workers > 0,
             drop_last=drop_last,
-            collate_fn=skip_bad_collate if self.on_bad_sample == "skip" else None,
+            collate_fn=skip_bad_collate if skip else None,
         )
 
     def _transform(self, train: bool):
