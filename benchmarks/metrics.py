@@ -5,7 +5,8 @@ predictions: node_probs is a dense float32 [10000, 13020] matrix (521 MB) of per
 softmaxes, targets are random leaves (10 % coarse labels, 2 % unlabelled), predictions are
 consistent paths (``Decoded.nodes`` style, 10 % early stops). Timed: ``update`` of the full
 ``HierarchicalMetrics`` in one call and in chunks, of each metric group alone, of the
-prediction-only groups (no node_probs), and ``compute`` + ``confusions``. Baselines in the
+prediction-only groups (no node_probs), ``compute`` + ``confusions``, and one small update
+(64 predictions on ``cub200-hrn``: a validation step's Python overhead). Baselines in the
 same run: one read of node_probs (``torch.aminmax``, the memory-bandwidth floor) and
 torchmetrics' ``MulticlassAccuracy(top_k=5)`` on the leaf level's slice alone (one flat metric).
 Each figure is the best of ``--repeats`` runs (the machine may be shared).
@@ -24,6 +25,7 @@ import time
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
+from hmc import load_hierarchy
 from hmc.hierarchy import Hierarchy
 from hmc.metrics import METRIC_GROUPS, PROBABILITY_GROUPS, HierarchicalMetrics
 
@@ -132,6 +134,20 @@ def main() -> None:
     full()
     rows.append(
         ("compute() + confusions()", best_of(lambda: (m.compute(), m.confusions()), args.repeats))
+    )
+
+    # A training loop's validation step: small batches on a CUB-size tree (Python overhead).
+    cub = load_hierarchy("cub200-hrn")
+    g = torch.Generator().manual_seed(args.seed)
+    small = torch.rand(64, cub.num_nodes, generator=g)
+    small_t = torch.randint(0, cub.num_nodes, (64,), generator=g)
+    small_p = cub.paths[torch.randint(0, cub.num_nodes, (64,), generator=g)]
+    step_m = HierarchicalMetrics(cub)
+    step = best_of(
+        lambda: [step_m.update(small, small_t, small_p) for _ in range(20)], args.repeats
+    )
+    rows.append(
+        ("update, 64 predictions on cub200-hrn (251 nodes): one validation step", step / 20)
     )
 
     print(

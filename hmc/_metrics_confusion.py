@@ -151,12 +151,15 @@ class LevelConfusion(HierarchicalMetric):
                     t, p = keys // (n + 1), keys % (n + 1)
                     keep = p < n
                     t, p, c = t[keep], p[keep], c[keep]
-                # Most frequent first; ties by (true, predicted) column.
-                order = sorted(range(c.numel()), key=lambda i: (-int(c[i]), int(t[i]), int(p[i])))
+                # Most frequent first, ties by (true, predicted) column: two stable sorts.
+                order = torch.sort(t * n + p, stable=True).indices
+                order = order[torch.sort(-c[order], stable=True).indices][:top_k]
                 nodes = h.nodes
                 out[h.level_names[d - 1]] = [
-                    (nodes[sl.start + int(t[i])], nodes[sl.start + int(p[i])], int(c[i]))
-                    for i in order[:top_k]
+                    (nodes[sl.start + ti], nodes[sl.start + pi], ci)
+                    for ti, pi, ci in zip(
+                        t[order].tolist(), p[order].tolist(), c[order].tolist(), strict=True
+                    )
                 ]
         return out
 
