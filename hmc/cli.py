@@ -159,7 +159,8 @@ def hierarchy_main(argv: Sequence[str]) -> int:
     try:
         h = load_hierarchy(target)
     except (HierarchyError, OSError, ValueError) as err:
-        print(f"error: {target}: {err}", file=sys.stderr)
+        where = "" if str(target) in str(err) else f"{target}: "
+        print(f"error: {where}{err}", file=sys.stderr)
         return 1
     if command == "show":
         print(h.describe(max_children=cfg.show.max_children))
