@@ -178,33 +178,51 @@ class HierarchicalAveragePrecision(HierarchicalMetric):
     def _scan(self, x: Tensor) -> Tensor:
         """[T] bin counts of all scores of x [R, n]. Scores below 1 / T are all in bin 0, and a
         level's probabilities sum to at most 1, so few scores per row reach 1 / T: only those
-        are extracted and binned. (The margin lets a few bin-0 scores through; the rule puts
-        them in bin 0 anyway.)"""
-        low = (1.0 - 1e-6) / self.thresholds
+        are extracted and binned."""
         counts = torch.zeros(self.thresholds, dtype=torch.long, device=x.device)
         step = max(1, _CHUNK // max(1, x.shape[1]))  # bounds the [rows, n] bool mask
         for r0 in range(0, x.shape[0], step):
             chunk = x[r0 : r0 + step]
-            big = chunk[chunk >= low]
+            big = chunk[chunk >= self._low]
             counts += self._bin_counts(big)
             counts[0] += chunk.numel() - big.numel()
         return counts
+
+    @property
+    def _low(self) -> float:
+        # Below this, the rule puts a score in bin 0; the margin only lets a few bin-0 scores
+        # through to the rule, which puts them in bin 0 anyway.
+        return (1.0 - 1e-6) / self.thresholds
 
     def _update(self, batch: MetricBatch) -> None:
         h = self.hierarchy
         for d in range(1, h.num_levels + 1):
             counted = batch.level_targets[:, d - 1] >= 0
-            num = int(counted.sum())
-            if not num:
+            if not bool(counted.any()):
                 continue
-            pos = self._bin_counts(batch.target_probs(d)[counted])
             p = batch.level_probs(d)  # [B, n_d] view
+            width = p.shape[1]
+            counts = torch.zeros(self.thresholds, dtype=torch.long, device=p.device)
+            scan = counted
+            if batch.topk_hint > 0:
+                # When the k-th best score of a row is below 1 / T, every score that needs
+                # binning is among the row's top k, which the top-k metrics computed anyway.
+                values, _ = batch.level_topk(d, batch.topk_hint)
+                covered = counted & ((values[:, -1] < self._low) | (values.shape[1] == width))
+                if bool(covered.any()):
+                    top = values[covered]
+                    big = top[top >= self._low]
+                    counts += self._bin_counts(big)
+                    counts[0] += int(covered.sum()) * width - big.numel()
+                    scan = counted & ~covered
+            num = int(scan.sum())
             if num == p.shape[0]:
-                counts = self._scan(p)
-            elif 2 * num >= p.shape[0]:  # scan every row, take away the few uncounted ones
-                counts = self._scan(p) - self._scan(p[~counted])
-            else:
-                counts = self._scan(p[counted])
+                counts += self._scan(p)
+            elif 2 * num >= p.shape[0]:  # scan every row, take away the few others
+                counts += self._scan(p) - self._scan(p[~scan])
+            elif num:
+                counts += self._scan(p[scan])
+            pos = self._bin_counts(batch.target_probs(d)[counted])
             self.positives[d - 1] += pos
             self.negatives[d - 1] += counts - pos
 
