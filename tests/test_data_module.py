@@ -60,6 +60,7 @@ def test_fashion_mnist_fit_test_predict(fashion_root):
     assert (fashion_root / "data/FashionMNIST/raw/t10k-labels-idx1-ubyte").is_file()
     dm.setup("fit")
     assert len(dm.train_dataset) == 90 and len(dm.val_dataset) == 10
+    assert "split='val'" in repr(dm.val_dataset)
     assert dm.label_counts["train"] == {"domain": 0, "type": 0, "class": 90}
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.long

@@ -359,7 +359,10 @@ class HMCDataModule(pl.LightningDataModule):
         seeded per-class division (the same one the dataset classes make themselves)."""
         pool = limit_per_class(pool, self.max_per_class)
         keep, held = stratified_split(pool.targets, self.val_fraction, self.seed)
-        return pool.subset(keep if split == "train" else held)
+        out = pool.subset(keep if split == "train" else held)
+        if hasattr(out, "split"):
+            out.split = split  # the repr names the split it now is
+        return out
 
     def _csv_files(self) -> dict[str, Path]:
         if self.root.is_file():
