@@ -363,6 +363,25 @@ def test_cifar100_superclass_must_match(tmp_path):
         D.CIFAR100(tmp_path, "test", wrong)
 
 
+def test_cifar100_and_fashion_label_out_of_range(tmp_path):
+    import pickle
+
+    from test_data_fixtures import write_idx
+
+    make_cifar100(tmp_path)
+    path = tmp_path / "cifar-100-python" / "test"
+    entry = pickle.loads(path.read_bytes())
+    entry["fine_labels"][5] = 7
+    path.write_bytes(pickle.dumps(entry))
+    with pytest.raises(ValueError, match=r"test: fine label 7 of image 5 is not an index"):
+        D.CIFAR100(tmp_path, "test", cifar_hierarchy())
+    raw = tmp_path / "FashionMNIST" / "raw"
+    make_fashion(raw)
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.array([0, 1, 12] + [0] * 17, dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: label 12 of image 2"):
+        D.FashionMNIST(tmp_path, "test", fashion_hierarchy(), system_dir=None)
+
+
 def test_cifar100_layout_error(tmp_path):
     make_cifar100(tmp_path)
     (tmp_path / "cifar-100-python" / "meta").unlink()

@@ -67,6 +67,14 @@ class CIFAR100(ArrayDataset):
         )
         fine = torch.as_tensor(entry["fine_labels"], dtype=torch.long)
         coarse = torch.as_tensor(entry["coarse_labels"], dtype=torch.long)
+        for name, values, names in (("fine", fine, fine_names), ("coarse", coarse, coarse_names)):
+            bad = (values < 0) | (values >= len(names))
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                raise ValueError(
+                    f"{base / file}: {name} label {int(values[i])} of image {i} is not an index "
+                    f"into meta's {len(names)} {name}_label_names"
+                )
         _check_superclasses(h, fine, coarse, fine_names, coarse_names, base / file)
         targets = class_cols[fine]
         data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)

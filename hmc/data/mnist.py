@@ -79,6 +79,13 @@ class FashionMNIST(ArrayDataset):
         class_cols = torch.tensor(
             [resolve(c, f"FashionMNIST class {i}") for i, c in enumerate(TVFashionMNIST.classes)]
         )
+        bad = (labels < 0) | (labels >= len(class_cols))
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise ValueError(
+                f"{raw / files[1]}: label {int(labels[i])} of image {i} is not a class index "
+                f"0..{len(class_cols) - 1}"
+            )
         targets = class_cols[labels]
         super().__init__(
             images.numpy(), targets, h, transform=transform, on_bad_sample=on_bad_sample
