@@ -2,7 +2,8 @@
 
 A seeded tree with 20 / 200 / 2,000 / 10,800 nodes per level (13,020 nodes) and 10,000
 predictions: node_probs is a dense float32 [10000, 13020] matrix (521 MB) of per-level
-softmaxes, targets are random leaves (10 % coarse labels, 2 % unlabelled), predictions are
+softmaxes (flat random ones, and peaked ones for the full update), targets are random
+leaves (10 % coarse labels, 2 % unlabelled), predictions are
 consistent paths (``Decoded.nodes`` style, 10 % early stops). Timed: ``update`` of the full
 ``HierarchicalMetrics`` in one call and in chunks, of each metric group alone, of the
 prediction-only groups (no node_probs), ``compute`` + ``confusions``, and one small update
@@ -44,18 +45,24 @@ def build_tree(sizes: list[int], seed: int) -> Hierarchy:
     return Hierarchy.from_edges(edges, level_names=[f"level{d + 1}" for d in range(len(sizes))])
 
 
-def make_data(h: Hierarchy, samples: int, seed: int):
+def make_data(h: Hierarchy, samples: int, seed: int, peaked: bool = False):
+    """Flat: softmax of 3 x N(0, 1) logits per level (many scores above 1 / 200: the slow case
+    of the average precision). Peaked: + 12 on the label's ancestor, like a trained model."""
     g = torch.Generator().manual_seed(seed)
-    probs = torch.empty(samples, h.num_nodes)
-    for d in range(1, h.num_levels + 1):
-        sl = h.level_slice(d)
-        logits = torch.randn(samples, sl.stop - sl.start, generator=g) * 3
-        probs[:, sl] = logits.softmax(1)
     leaves = h.tensors().leaves
     targets = leaves[torch.randint(0, len(leaves), (samples,), generator=g)]
     coarse = torch.rand(samples, generator=g) < 0.1
     targets = torch.where(coarse, h.tensors().parent[targets], targets)
     targets[torch.rand(samples, generator=g) < 0.02] = -100
+    probs = torch.empty(samples, h.num_nodes)
+    for d in range(1, h.num_levels + 1):
+        sl = h.level_slice(d)
+        logits = torch.randn(samples, sl.stop - sl.start, generator=g) * 3
+        if peaked:
+            col = h.level_targets(targets)[:, d - 1]
+            rows = (col >= 0).nonzero().squeeze(1)
+            logits[rows, col[rows] - sl.start] += 12
+        probs[:, sl] = logits.softmax(1)
     pred = h.paths[leaves[torch.randint(0, len(leaves), (samples,), generator=g)]]
     pred[torch.rand(samples, generator=g) < 0.1, -1] = -1
     return probs, targets, pred
@@ -114,6 +121,12 @@ def main() -> None:
     )
     full, m = run_update()
     rows.append(("HierarchicalMetrics.update, all metrics, one call", best_of(full, args.repeats)))
+    flat_probs = probs
+    probs = make_data(h, args.samples, args.seed, peaked=True)[0]
+    rows.append(
+        ("same, peaked probabilities (a confident model)", best_of(run_update()[0], args.repeats))
+    )
+    probs = flat_probs
     chunked, _ = run_update(chunk=args.chunk)
     rows.append(
         (

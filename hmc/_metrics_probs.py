@@ -127,6 +127,20 @@ class AverageHierarchicalDistance(HierarchicalMetric):
         }
 
 
+def _at_least(x: Tensor, low: float) -> Tensor:
+    """The values of x [R, n] that are >= low, in no particular order. When few are, finding
+    them through the mask read as int64 words (8 flags at a time) is about twice as fast as
+    ``x[x >= low]``."""
+    flags = (x >= low).reshape(-1)
+    whole = flags.numel() // 8 * 8
+    words = flags[:whole].view(torch.int64)
+    eight = torch.arange(8, device=x.device)
+    idx = (words.nonzero() * 8 + eight).flatten()
+    idx = torch.cat([idx[flags[idx]], flags[whole:].nonzero().flatten() + whole])
+    n = x.shape[1]
+    return x[idx // n, idx % n]
+
+
 def binned_average_precision(pos: Tensor, neg: Tensor) -> Tensor:
     """Average precision from per-bin counts. pos, neg: [..., T] counts of positive and negative
     scores in bins [j/T, (j+1)/T) (1.0 in the last). With thresholds t_j = j/T:
@@ -183,7 +197,7 @@ class HierarchicalAveragePrecision(HierarchicalMetric):
         step = max(1, _CHUNK // max(1, x.shape[1]))  # bounds the [rows, n] bool mask
         for r0 in range(0, x.shape[0], step):
             chunk = x[r0 : r0 + step]
-            big = chunk[chunk >= self._low]
+            big = _at_least(chunk, self._low)
             counts += self._bin_counts(big)
             counts[0] += chunk.numel() - big.numel()
         return counts

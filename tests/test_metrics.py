@@ -325,3 +325,16 @@ def test_bounded_confusion_table_recovers_exact_counts_and_warns_when_full():
     with pytest.warns(UserWarning, match="more distinct mistakes"):
         partial = small.confusions()["level_2"]
     assert set(partial) < {(t, p, c) for (t, p), c in expect}  # exact, but not all
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (7, 9), (16, 8), (5, 13)])
+def test_at_least_finds_every_value_above_the_bar(shape):
+    from hmc._metrics_probs import _at_least
+
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(shape[0] * 31 + shape[1]))
+    view = torch.rand(shape[0], shape[1] + 3)[:, 2 : 2 + shape[1]]  # non-contiguous too
+    view.copy_(x)
+    for data in (x, view):
+        for low in (0.0, 0.3, 0.9, 1.1):
+            got = _at_least(data, low).sort().values
+            assert torch.equal(got, x[x >= low].sort().values)
