@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from hmc.hierarchy import Hierarchy
@@ -280,6 +281,23 @@ def make_folder_tree(root: Path) -> dict:
     write_image(root / "Passeriformes" / "Parulidae" / "warbler_b.png")
     (root / "README.txt").write_text("not an image\n")
     return {"num_images": n + 2}
+
+
+def node_ids(ds) -> list[str]:
+    return [ds.hierarchy.nodes[t] for t in ds.targets.tolist()]
+
+
+def check_contract(ds, n: int) -> None:
+    """(image, target) samples, .targets [n] long matching __getitem__, one-line repr."""
+    assert len(ds) == n
+    assert ds.targets.dtype == torch.long and ds.targets.shape == (n,)
+    image, target = ds[n - 1]
+    assert isinstance(target, int) and target == int(ds.targets[n - 1])
+    assert image.mode == "RGB" or image.mode == "L"
+    r = repr(ds)
+    assert "\n" not in r and f"n={n}" in r
+    for level in ds.hierarchy.level_names:
+        assert f"{level}=" in r
 
 
 def _write(path: Path, lines: list[str]) -> None:

@@ -1,12 +1,10 @@
-"""Every loader on fixtures in the dataset's real layout: targets, splits, layout errors,
-unknown labels, bad images."""
+"""FGVC-Aircraft, Stanford Cars, CIFAR-100, Fashion-MNIST, CSV and folder loaders on fixtures in
+their real layout: targets, splits, layout errors, unknown labels, bad images."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,246 +15,23 @@ from test_data_fixtures import (
     BIRD_CLASSES,
     CIFAR_FINE,
     FASHION_CLASSES,
-    NABIRDS_IMAGES,
     aircraft_hierarchy,
     bird_hierarchy,
     cars_hierarchy,
+    check_contract,
     cifar_hierarchy,
-    corrupt,
     fashion_hierarchy,
     make_aircraft,
     make_cars,
     make_cifar100,
-    make_cub,
     make_fashion,
     make_folder_tree,
-    make_nabirds,
+    node_ids,
     write_image,
 )
-from torch.utils.data import DataLoader
 
 import hmc.data as D
 from hmc.hierarchy import HierarchyError, UnknownLabelError
-
-
-def _ids(ds) -> list[str]:
-    return [ds.hierarchy.nodes[t] for t in ds.targets.tolist()]
-
-
-def _check_contract(ds, n: int) -> None:
-    """(image, target) samples, .targets [n] long matching __getitem__, one-line repr."""
-    assert len(ds) == n
-    assert ds.targets.dtype == torch.long and ds.targets.shape == (n,)
-    image, target = ds[n - 1]
-    assert isinstance(target, int) and target == int(ds.targets[n - 1])
-    assert image.mode == "RGB" or image.mode == "L"
-    r = repr(ds)
-    assert "\n" not in r and f"n={n}" in r
-    for level in ds.hierarchy.level_names:
-        assert f"{level}=" in r
-
-
-# ---------------------------------------------------------------------- CUB-200
-@pytest.fixture
-def cub(tmp_path):
-    info = make_cub(tmp_path)
-    return tmp_path, info
-
-
-def test_cub_splits_and_targets(cub):
-    root, info = cub
-    h = bird_hierarchy()
-    train = D.CUB200(root, "train", h)
-    val = D.CUB200(root, "val", h)
-    trainval = D.CUB200(root / "CUB_200_2011", "trainval", h)  # root at either level
-    test = D.CUB200(root, "test", h)
-    _check_contract(train, 45)
-    _check_contract(test, info["num_test"])
-    assert len(trainval) == info["num_train"] and len(val) == 5  # 10 % of 10 per class
-    assert sorted(set(train.paths) | set(val.paths)) == sorted(trainval.paths)
-    assert not set(train.paths) & set(val.paths)
-    assert not set(trainval.paths) & set(test.paths)
-    # Stratified: one val image per class; every target is the species of the image's folder.
-    assert sorted(_ids(val)) == BIRD_CLASSES
-    for path, node in zip(train.paths, _ids(train), strict=True):
-        assert f"/{node}/" in path
-    assert "species=45" in repr(train) and "order=0" in repr(train)
-
-
-def test_cub_val_split_is_seeded_and_deterministic(cub):
-    root, _ = cub
-    h = bird_hierarchy()
-    a = D.CUB200(root, "val", h, val_fraction=0.3, seed=1)
-    torch.manual_seed(123)  # the global RNG must not matter
-    b = D.CUB200(root, "val", h, val_fraction=0.3, seed=1)
-    c = D.CUB200(root, "val", h, val_fraction=0.3, seed=2)
-    assert list(a.paths) == list(b.paths)
-    assert list(a.paths) != list(c.paths)
-    assert len(a) == 15  # round(0.3 * 10) per class
-
-
-def test_cub_bounding_box_crop(cub):
-    root, _ = cub
-    image, _ = D.CUB200(root, "test", bird_hierarchy(), crop_to_bbox=True)[0]
-    assert image.size == (10, 8)  # boxes are x=2 y=1 w=10 h=8 on 16x12 images
-    assert D.CUB200(root, "test", bird_hierarchy())[0][0].size == (16, 12)
-
-
-@pytest.mark.parametrize(
-    "missing", ["images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt",
-                "images"],
-)  # fmt: skip
-def test_cub_layout_errors_name_what_is_missing(cub, missing):
-    root, _ = cub
-    target = root / "CUB_200_2011" / missing
-    shutil.rmtree(target) if target.is_dir() else target.unlink()
-    with pytest.raises(
-        FileNotFoundError, match=rf"{re.escape(missing)} not found under .*CUB_200_2011"
-    ):
-        D.CUB200(root, "train", bird_hierarchy())
-
-
-def test_cub_bounding_boxes_required_only_to_crop(cub):
-    root, _ = cub
-    (root / "CUB_200_2011" / "bounding_boxes.txt").unlink()
-    D.CUB200(root, "train", bird_hierarchy())
-    with pytest.raises(FileNotFoundError, match="bounding_boxes.txt not found"):
-        D.CUB200(root, "train", bird_hierarchy(), crop_to_bbox=True)
-
-
-def test_cub_missing_root(tmp_path):
-    with pytest.raises(FileNotFoundError, match="root folder .*nowhere not found"):
-        D.CUB200(tmp_path / "nowhere", "train", bird_hierarchy())
-
-
-def test_cub_unknown_class_names_it(cub):
-    root, _ = cub
-    h = bird_hierarchy().restrict(BIRD_CLASSES[:4])  # no 005.Blue_Jay
-    with pytest.raises(UnknownLabelError, match=r"image_class_labels.txt.*'005.Blue_Jay'"):
-        D.CUB200(root, "train", h)
-
-
-def test_cub_malformed_rows_name_file_and_line(cub):
-    root, _ = cub
-    labels = root / "CUB_200_2011" / "image_class_labels.txt"
-    lines = labels.read_text().splitlines()
-    lines[2] = "3"
-    labels.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"image_class_labels.txt:3: expected 2 fields"):
-        D.CUB200(root, "train", bird_hierarchy())
-    lines[2] = "3 99"
-    labels.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"class id '99', which classes.txt does not list"):
-        D.CUB200(root, "train", bird_hierarchy())
-
-
-def test_bad_split_argument(cub):
-    root, _ = cub
-    with pytest.raises(ValueError, match=r"Expected argument `split` to be one of .*'tra'"):
-        D.CUB200(root, "tra", bird_hierarchy())
-
-
-# ------------------------------------------------------------------ bad samples
-def _first_paths(ds, k):
-    return [ds.paths[i] for i in range(k)]
-
-
-def test_missing_and_corrupt_images_raise_with_the_path(cub):
-    root, _ = cub
-    ds = D.CUB200(root, "test", bird_hierarchy())
-    missing, broken = _first_paths(ds, 2)
-    os.remove(missing)
-    corrupt(Path(broken))
-    with pytest.raises(D.BadSampleError, match=rf"{re.escape(missing)} \(not found\)"):
-        ds[0]
-    with pytest.raises(D.BadSampleError, match=re.escape(broken)):
-        ds[1]
-    # In a worker process the error still names the path.
-    loader = DataLoader(ds, batch_size=4, num_workers=1)
-    with pytest.raises(D.BadSampleError, match=re.escape(missing)):
-        next(iter(loader))
-
-
-def test_truncated_jpeg_raises(tmp_path):
-    path = tmp_path / "a" / "x.jpg"
-    write_image(path, size=(32, 32))
-    path.write_bytes(path.read_bytes()[:200])
-    ds = D.HierarchyFolder(tmp_path)
-    with pytest.raises(D.BadSampleError, match=re.escape(str(path))):
-        ds[0]
-
-
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_skip_bad_samples_counts_across_workers(cub, num_workers):
-    root, _ = cub
-    tf = D.build_transforms("small", train=False, image_size=8)
-    ds = D.CUB200(root, "trainval", bird_hierarchy(), on_bad_sample="skip", transform=tf)
-    bad = [3, 17, 31, 44]  # spread so that both workers meet some
-    for i in bad[:2]:
-        corrupt(Path(ds.paths[i]))
-    for i in bad[2:]:
-        os.remove(ds.paths[i])
-    assert ds[3] is None
-    loader = D.HMCDataLoader(
-        ds, batch_size=4, num_workers=num_workers, collate_fn=D.skip_bad_collate,
-        persistent_workers=num_workers > 0,
-    )  # fmt: skip
-    for _ in range(2):  # a second pass reports its own count again
-        with pytest.warns(D.SkippedSamplesWarning, match=r"skipped 4 of 50 samples") as rec:
-            n = sum(len(y) for _, y in loader)
-        assert n == 50 - len(bad)
-        assert loader.skipped == 4
-        assert ds.paths[3] in str(rec[0].message)
-    assert sorted(ds.bad_samples.indices()) == bad
-
-
-def test_skip_collate_all_bad_batch():
-    with pytest.raises(RuntimeError, match="all 2 samples of a batch failed"):
-        D.skip_bad_collate([None, None])
-
-
-def test_no_warning_without_bad_samples(cub):
-    root, _ = cub
-    tf = D.build_transforms("small", train=False, image_size=8)
-    ds = D.CUB200(root, "test", bird_hierarchy(), on_bad_sample="skip", transform=tf)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert (
-            sum(len(y) for _, y in D.HMCDataLoader(ds, batch_size=8, collate_fn=D.skip_bad_collate))
-            == 15
-        )
-
-
-def test_on_bad_sample_choice(cub):
-    with pytest.raises(ValueError, match=r"`on_bad_sample` to be one of \['raise', 'skip'\]"):
-        D.CUB200(cub[0], "test", bird_hierarchy(), on_bad_sample="ignore")
-
-
-# ----------------------------------------------------------------------- NABirds
-def test_nabirds_ragged_tree_and_inner_labels(tmp_path):
-    info = make_nabirds(tmp_path)
-    trainval = D.NABirds(tmp_path, "trainval")
-    test = D.NABirds(tmp_path / "nabirds", "test")
-    h = trainval.hierarchy
-    assert h.num_levels == 4 and set(h.leaves) == {"4", "5", "6", "8", "9", "10"}
-    _check_contract(trainval, info["num_images"] - info["num_test"])
-    assert len(test) == info["num_test"]
-    # Class 11 (Yellow-rumped Warbler) is an inner node with images of its own.
-    all_ids = _ids(trainval) + _ids(test)
-    assert {i: all_ids.count(str(i)) for i in NABIRDS_IMAGES} == NABIRDS_IMAGES
-    assert h.level("11") == 3 and h.level("6") == 2
-    assert "level_4=" in repr(test)
-
-
-def test_nabirds_layout_errors(tmp_path):
-    make_nabirds(tmp_path)
-    (tmp_path / "nabirds" / "hierarchy.txt").unlink()
-    with pytest.raises(FileNotFoundError, match="hierarchy.txt not found under"):
-        D.NABirds(tmp_path, "train")
-    # With an explicit hierarchy hierarchy.txt is not needed, but images.txt is.
-    (tmp_path / "nabirds" / "images.txt").unlink()
-    with pytest.raises(FileNotFoundError, match="images.txt not found under"):
-        D.NABirds(tmp_path, "train", hierarchy=bird_hierarchy())
 
 
 # ---------------------------------------------------------------------- Aircraft
@@ -265,14 +40,14 @@ def test_aircraft_official_splits_and_levels(tmp_path):
     h = aircraft_hierarchy()
     for split in ("train", "val", "test"):
         ds = D.FGVCAircraft(tmp_path, split, h)
-        _check_contract(ds, info["per_split"][split])
-        assert {i.split(":")[0] for i in _ids(ds)} == {"variant"}
+        check_contract(ds, info["per_split"][split])
+        assert {i.split(":")[0] for i in node_ids(ds)} == {"variant"}
     trainval = D.FGVCAircraft(tmp_path / "fgvc-aircraft-2013b", "trainval", h)
-    assert sorted(_ids(trainval)) == sorted(
+    assert sorted(node_ids(trainval)) == sorted(
         f"variant:{v}" for _, _, v in AIRCRAFT for _ in range(3)
     )
     fam = D.FGVCAircraft(tmp_path, "test", h, annotation_level="family")
-    assert set(_ids(fam)) == {f"family:{f}" for _, f, _ in AIRCRAFT}
+    assert set(node_ids(fam)) == {f"family:{f}" for _, f, _ in AIRCRAFT}
     assert "family=8" in repr(fam)
 
 
@@ -309,13 +84,13 @@ def test_cars_mat_layout(tmp_path):
     train = D.StanfordCars(tmp_path, "train", h, val_fraction=0.25)
     val = D.StanfordCars(tmp_path, "val", h, val_fraction=0.25)
     test = D.StanfordCars(tmp_path / "stanford_cars", "test", h)
-    _check_contract(train, 9)
-    _check_contract(test, info["num_test"])
-    assert len(val) == 3 and sorted(_ids(val)) == sorted(h.leaves)
+    check_contract(train, 9)
+    check_contract(test, info["num_test"])
+    assert len(val) == 3 and sorted(node_ids(val)) == sorted(h.leaves)
     # Record k of class c was written with colour (c * 60, j * 40, 0): targets follow the .mat.
     for i in range(len(test)):
         r = test[i][0].getpixel((8, 6))[0]
-        assert h.leaves[round(r / 60) - 1] == _ids(test)[i]
+        assert h.leaves[round(r / 60) - 1] == node_ids(test)[i]
     box = D.StanfordCars(tmp_path, "test", h, crop_to_bbox=True)[0][0]
     assert box.size == (10, 8)  # x1=3..x2=12, y1=2..y2=9 inclusive, 1-based
 
@@ -344,8 +119,8 @@ def test_cifar100_pickles(tmp_path):
     h = cifar_hierarchy()
     train = D.CIFAR100(tmp_path, "train", h)
     test = D.CIFAR100(tmp_path, "test", h)
-    _check_contract(train, 36)
-    _check_contract(test, info["num_test"])
+    check_contract(train, 36)
+    check_contract(test, info["num_test"])
     image, target = test[0]
     assert image.size == (32, 32) and image.mode == "RGB"
     # The red channel was written as 50 * fine label index (alphabetical CIFAR order).
@@ -395,7 +170,7 @@ def test_fashion_mnist_raw_files(tmp_path):
     h = fashion_hierarchy()
     train = D.FashionMNIST(tmp_path, "train", h, system_dir=None)
     test = D.FashionMNIST(tmp_path, "test", h, system_dir=None)
-    _check_contract(train, 50)
+    check_contract(train, 50)
     assert len(test) == 20
     image, target = test[3]
     assert image.size == (28, 28) and image.mode == "L"
@@ -482,10 +257,10 @@ def test_hierarchy_folder_is_its_own_hierarchy(tmp_path):
     info = make_folder_tree(tmp_path)
     ds = D.HierarchyFolder(tmp_path, level_names=["order", "family", "species"])
     h = ds.hierarchy
-    _check_contract(ds, info["num_images"])
+    check_contract(ds, info["num_images"])
     assert h.level_sizes() == {"order": 2, "family": 3, "species": 5}
     assert h.name("Passeriformes/Parulidae") == "Parulidae"
-    ids = _ids(ds)
+    ids = node_ids(ds)
     assert ids.count("Passeriformes/Parulidae") == 2  # family-level images
     assert ids.count("Passeriformes/Corvidae/005.Blue_Jay") == 4
 
@@ -493,7 +268,7 @@ def test_hierarchy_folder_is_its_own_hierarchy(tmp_path):
 def test_hierarchy_folder_with_given_hierarchy(tmp_path):
     make_folder_tree(tmp_path)
     ds = D.HierarchyFolder(tmp_path, bird_hierarchy())
-    assert sorted(set(_ids(ds))) == sorted([*BIRD_CLASSES, "Parulidae"])
+    assert sorted(set(node_ids(ds))) == sorted([*BIRD_CLASSES, "Parulidae"])
     shutil.rmtree(tmp_path / "Procellariiformes")
     write_image(tmp_path / "Gaviiformes" / "x.jpg")
     with pytest.raises(UnknownLabelError, match="Gaviiformes"):
@@ -506,25 +281,3 @@ def test_hierarchy_folder_errors(tmp_path):
     write_image(tmp_path / "top.jpg")
     with pytest.raises(FileNotFoundError, match="no images"):
         D.HierarchyFolder(tmp_path)
-
-
-# ------------------------------------------------------------------- generic bits
-def test_subset_and_limit_per_class_keep_rows_aligned(cub):
-    root, _ = cub
-    ds = D.CUB200(root, "trainval", bird_hierarchy())
-    small = D.limit_per_class(ds, 3)
-    assert len(small) == 15 and torch.bincount(small.targets).max() == 3
-    for i in range(len(small)):
-        assert f"/{small.hierarchy.nodes[int(small.targets[i])]}/" in small.paths[i]
-    assert isinstance(small.paths, np.ndarray)
-    with pytest.raises(ValueError, match="expected .*50.* targets"):
-        ds.with_targets(torch.zeros(3, dtype=torch.long))
-
-
-def test_stratified_split_properties():
-    targets = torch.tensor([0] * 10 + [1] * 3 + [2] * 1)
-    keep, held = D.stratified_split(targets, 0.5, seed=0)
-    assert torch.bincount(targets[held], minlength=3).tolist() == [5, 2, 0]
-    assert sorted(torch.cat([keep, held]).tolist()) == list(range(14))
-    with pytest.raises(ValueError, match="`val_fraction` to be in"):
-        D.stratified_split(targets, 1.0)

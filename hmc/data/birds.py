@@ -8,17 +8,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from hmc.data._base import (
-    SPLITS,
-    ImageFileDataset,
-    LabelResolver,
-    as_hierarchy,
-    check_choice,
-    find_root,
-    read_rows,
-    require,
-    split_rows,
-)
+from hmc.data._base import SPLITS, ImageFileDataset, as_hierarchy, check_choice, split_rows
+from hmc.data._layout import LabelResolver, find_root, read_rows, require
 from hmc.hierarchy import Hierarchy
 
 __all__ = ["CUB200", "NABirds"]

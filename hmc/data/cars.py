@@ -9,16 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hmc.data._base import (
-    SPLITS,
-    ImageFileDataset,
-    LabelResolver,
-    as_hierarchy,
-    check_choice,
-    find_root,
-    require,
-    split_rows,
-)
+from hmc.data._base import SPLITS, ImageFileDataset, as_hierarchy, check_choice, split_rows
+from hmc.data._layout import LabelResolver, find_root, require
 from hmc.hierarchy import Hierarchy
 
 __all__ = ["StanfordCars"]

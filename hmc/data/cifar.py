@@ -9,16 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmc.data._base import (
-    SPLITS,
-    ArrayDataset,
-    LabelResolver,
-    as_hierarchy,
-    check_choice,
-    find_root,
-    require,
-    split_rows,
-)
+from hmc.data._base import SPLITS, ArrayDataset, as_hierarchy, check_choice, split_rows
+from hmc.data._layout import LabelResolver, find_root, require
 from hmc.hierarchy import Hierarchy, HierarchyError
 
 __all__ = ["CIFAR100"]

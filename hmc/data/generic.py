@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from hmc.data._base import IGNORE, ImageFileDataset, LabelResolver, as_hierarchy, image_files
+from hmc.data._base import IGNORE, ImageFileDataset, as_hierarchy
+from hmc.data._layout import LabelResolver, image_files
 from hmc.hierarchy import VIRTUAL_ROOT, Hierarchy
 
 __all__ = ["CSVDataset", "HierarchyFolder", "ImagePaths", "IMG_EXTENSIONS"]

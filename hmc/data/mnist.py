@@ -14,12 +14,12 @@ import torch
 from hmc.data._base import (
     SPLITS,
     ArrayDataset,
-    LabelResolver,
     as_hierarchy,
     check_choice,
     limit_per_class,
     split_rows,
 )
+from hmc.data._layout import LabelResolver
 from hmc.hierarchy import Hierarchy
 
 __all__ = ["FashionMNIST", "DEBIAN_DIR"]
