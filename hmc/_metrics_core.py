@@ -17,6 +17,7 @@ from hmc._metrics_batch import MetricBatch
 from hmc.hierarchy import Hierarchy
 
 __all__ = [
+    "Shared",
     "HierarchicalMetric",
     "LevelAccuracy",
     "FullPathAccuracy",
@@ -32,6 +33,19 @@ def ratio(num: Tensor, den: Tensor) -> Tensor:
     den = den.to(torch.float64)
     out = torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
     return out.to(torch.get_default_dtype())
+
+
+class Shared:
+    """Holds an immutable object (the Hierarchy) that ``copy.deepcopy`` shares instead of
+    rebuilding: ``clone()`` of a metric on a 13,000-node tree stays cheap. Pickles normally."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __deepcopy__(self, memo: dict) -> Shared:
+        return self
 
 
 class HierarchicalMetric(Metric):
@@ -56,8 +70,12 @@ class HierarchicalMetric(Metric):
                 "Expected argument `hierarchy` to be an hmc.Hierarchy, but got "
                 f"{type(hierarchy).__name__}"
             )
-        self.hierarchy = hierarchy
+        self._hierarchy = Shared(hierarchy)
         self.validate_args = bool(validate_args)
+
+    @property
+    def hierarchy(self) -> Hierarchy:
+        return self._hierarchy.value
 
     def _add_count(self, name: str, shape: tuple[int, ...] = (), dtype=torch.long) -> None:
         self.add_state(name, default=torch.zeros(shape, dtype=dtype), dist_reduce_fx="sum")

@@ -42,6 +42,7 @@ from hmc._metrics_core import (
     InconsistencyRate,
     LevelAccuracy,
     MistakeSeverity,
+    Shared,
 )
 from hmc._metrics_probs import (
     AverageHierarchicalDistance,
@@ -71,7 +72,7 @@ __all__ = [
     "binned_average_precision",
 ]
 
-#: Group name -> metric class, in the order of ``compute()``'s keys.
+#: Group name -> metric class (``HierarchicalMetrics(metrics=[...])`` takes these names).
 METRIC_GROUPS: dict[str, type[HierarchicalMetric]] = {
     "acc": LevelAccuracy,
     "topk": TopKAccuracy,
@@ -160,9 +161,13 @@ class HierarchicalMetrics(MetricCollection):
             if g in groups
         }
         super().__init__(children, prefix=prefix, postfix=postfix, compute_groups=False)
-        self.hierarchy = hierarchy
+        self._hierarchy = Shared(hierarchy)
         self.validate_args = validate_args
         self.needs_probs = any(g in PROBABILITY_GROUPS for g in children)
+
+    @property
+    def hierarchy(self) -> Hierarchy:
+        return self._hierarchy.value
 
     def _format(self, node_probs: Any, targets: Any, predictions: Any) -> MetricBatch:
         if isinstance(node_probs, MetricBatch):

@@ -199,6 +199,7 @@ def test_update_reset_forward_clone_to(tree):
     torch.testing.assert_close(m.compute(), want, equal_nan=True)
 
     twin = m.clone(prefix="test/")
+    assert twin.hierarchy is m.hierarchy  # immutable: shared by clones, not rebuilt
     m.reset()
     m.update(probs[:3], targets[:3])
     assert float(twin.compute()["test/fpa"]) == float(want["fpa"])  # clones keep their own state
