@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torchmetrics.functional.classification import binary_average_precision
 
 from hmc.decoding import KINDS, METHODS, decode, leaf_log_marginals
 from hmc.hierarchy import Hierarchy
@@ -323,6 +324,10 @@ def test_binned_ap_equals_exact_ap_with_one_score_per_bin(thresholds):
     got = m.compute()
     _, _, (ap_all, ap_lvl) = reference(h, probs, targets, None)
     assert float(got["ap/micro"]) == pytest.approx(_ap_exact(ap_all), abs=1e-6)
+    # ... and the reference agrees with torchmetrics' exact (unbinned) average precision.
+    scores, labels = zip(*ap_all, strict=True)
+    tm = binary_average_precision(torch.tensor(scores), torch.tensor(labels).long())
+    assert float(tm) == pytest.approx(_ap_exact(ap_all), abs=1e-6)
     for d, name in enumerate(h.level_names):
         exact = _ap_exact(ap_lvl[d])
         assert float(got[f"ap/{name}"]) == pytest.approx(exact, abs=1e-6)
