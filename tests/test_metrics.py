@@ -11,6 +11,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from hmc.hierarchy import Hierarchy
@@ -339,3 +341,28 @@ def test_at_least_finds_every_value_above_the_bar(shape):
         for low in (0.0, 0.3, 0.9, 1.1):
             got = _at_least(data, low).sort().values
             assert torch.equal(got, x[x >= low].sort().values)
+
+
+@given(
+    st.integers(1, 9),
+    st.one_of(st.integers(1, 300), st.integers(1280, 3000)),  # both sides of the block path
+    st.integers(1, 5),
+    st.booleans(),
+    st.integers(0, 99),
+)
+@settings(max_examples=40)
+def test_block_max_and_topk_equal_torch(rows, width, k, ties, seed):
+    from hmc._metrics_batch import block_max, block_topk
+
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(rows, width + 5, generator=g)
+    if ties:  # few distinct values: many equal maxima
+        base = (base * 4).floor() / 4
+    x = base[:, 3 : 3 + width]  # a column slice, like a level of node_probs
+    values, cols = block_max(x)
+    want_v, want_i = x.max(1)
+    assert torch.equal(values, want_v) and torch.equal(cols, want_i)  # first maximum
+    values, cols = block_topk(x, k)
+    assert torch.equal(values, x.topk(min(k, width), 1).values)
+    assert torch.equal(x.gather(1, cols), values)
+    assert all(len(set(r)) == len(r) for r in cols.tolist())  # distinct columns
