@@ -201,12 +201,20 @@ class HierarchicalMetrics(MetricCollection):
         """Update and return the metrics of this batch alone."""
         return self._compute_and_reduce("forward", self._format(node_probs, targets, predictions))
 
-    def confusions(self, top_k: int | None = None) -> dict[str, list[tuple[str, str, int]]]:
-        """Per level name, the most frequent mistakes as (true id, predicted id, count)."""
+    def _confusion(self) -> LevelConfusion:
         for m in self.values(copy_state=False):
             if isinstance(m, LevelConfusion):
-                return m.confusions(top_k)
-        raise ValueError("confusions() needs the 'confusion' metric group, which was left out")
+                return m
+        raise ValueError("this needs the 'confusion' metric group, which was left out")
+
+    def confusions(self, top_k: int | None = None) -> dict[str, list[tuple[str, str, int]]]:
+        """Per level name, the most frequent mistakes as (true id, predicted id, count)."""
+        return self._confusion().confusions(top_k)
+
+    def confusion_matrix(self, level: int | str) -> Tensor:
+        """[n, n + 1] counts of a level with at most ``confusion_max_dense`` nodes (rows: true,
+        columns: predicted in the level's column order, last column: early stop)."""
+        return self._confusion().confusion_matrix(level)
 
 
 def evaluate(

@@ -89,6 +89,9 @@ def test_hand_worked_confusions(tree):
     m.update(None, targets, pred)
     fam = m.confusion_matrix("family")  # rows true A1 A2 B1, columns predicted + stop
     assert fam.tolist() == [[3, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    both = HierarchicalMetrics(tree, metrics=["confusion"])
+    both.update(None, targets, pred)
+    assert torch.equal(both.confusion_matrix("family"), fam)
     with pytest.raises(ValueError, match="max_dense"):
         LevelConfusion(tree, max_dense=2).confusion_matrix("species")
 
