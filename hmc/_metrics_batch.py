@@ -113,7 +113,6 @@ class MetricBatch:
         self._max_cache: dict[int, tuple[Tensor, Tensor]] = {}
         self._topk_cache: dict[int, tuple[Tensor, Tensor]] = {}
 
-        self.predictions_given = predictions is not None
         if predictions is not None:
             pred = as_tensor(predictions, "predictions", device)
             self.predictions = self._format_predictions(pred, batch, validate_args)

@@ -90,8 +90,8 @@ class AverageHierarchicalDistance(HierarchicalMetric):
     """``ahd@<k>`` (Bertinetto et al., 2020, "Making Better Mistakes"): for a sample labelled at
     level l, rank level l's nodes by probability and take the k best (k clipped to the level's
     size); the value is the mean over these (sample, prediction) pairs of the LCA height
-    l - level(LCA(prediction, label)), in levels (0 for a correct prediction). Ties among equal
-    probabilities are ordered by ``torch.topk``."""
+    l - level(LCA(prediction, label)), in levels (0 for a correct prediction). Among equal
+    probabilities at the k-th place, which node is taken is unspecified."""
 
     higher_is_better = False
     needs_probs = True
