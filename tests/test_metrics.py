@@ -369,3 +369,12 @@ def test_block_max_and_topk_equal_torch(rows, width, k, ties, seed):
     assert torch.equal(values, x.topk(min(k, width), 1).values)
     assert torch.equal(x.gather(1, cols), values)
     assert all(len(set(r)) == len(r) for r in cols.tolist())  # distinct columns
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import hmc.metrics
+
+    result = doctest.testmod(hmc.metrics)
+    assert result.attempted > 0 and result.failed == 0
