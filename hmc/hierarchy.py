@@ -521,6 +521,13 @@ class Hierarchy:
     def __hash__(self) -> int:
         return hash(self.fingerprint())
 
+    def __copy__(self) -> Hierarchy:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Hierarchy:
+        # Immutable: copies (e.g. when torchmetrics clones a collection) can share it.
+        return self
+
     def __getstate__(self) -> dict[str, Any]:
         return self.to_dict()
 

@@ -347,3 +347,11 @@ def test_bad_inputs():
         Hierarchy.from_dict({"format": "other/2", "root": "r", "level_names": [], "nodes": []})
     with pytest.raises(HierarchyError, match="integer tensor"):
         Hierarchy.from_edges(EDGES).level_targets(torch.tensor([0.5]))
+
+
+def test_copies_share_the_immutable_hierarchy():
+    import copy
+
+    h = Hierarchy.from_paths([("a", "b"), ("a", "c")], level_names=["l1", "l2"])
+    assert copy.copy(h) is h
+    assert copy.deepcopy({"h": h})["h"] is h
