@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from hmc.cli import did_you_mean, main
@@ -20,6 +21,16 @@ def run_main(args: list[str]) -> int:
         main(args)
     code = info.value.code
     return 0 if code is None else int(code)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is as fast, and far faster on cores shared with other
+    processes (OpenMP threads spin waiting for each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------- hierarchy
@@ -143,8 +154,6 @@ def test_predict_argument_errors(tmp_path, capsys):
     code = run_main(["predict", "--ckpt_path", str(tmp_path / "none.ckpt"), str(img)])
     assert code == 1 and "does not exist" in capsys.readouterr().err
     not_hmc = tmp_path / "plain.ckpt"
-    import torch
-
     torch.save({"state_dict": {}}, not_hmc)
     assert run_main(["predict", "--ckpt_path", str(not_hmc), str(img)]) == 1
     assert "not an hmc checkpoint" in capsys.readouterr().err

@@ -18,6 +18,17 @@ from hmc.lit import HMCModule, ResultsTable, RunCheckpoint, format_results
 from hmc.losses import HRNLoss, LeafMarginalLoss, PerLevelCrossEntropy
 from hmc.predict import HierarchyMismatchError, Predictor, load_model
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is as fast, and far faster on cores shared with other
+    processes (OpenMP threads spin waiting for each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TINY_HEAD = {"mid_channels": 8, "block_channels": 16, "hidden": 16, "feature_dim": 8}
 
 
