@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
 
 __all__ = ["did_you_mean", "hierarchy_main", "main", "predict_main", "run_lightning_cli"]
 
@@ -80,6 +80,13 @@ class _HintMixin:
         return super().error(_with_hint(str(message), parser), ex)  # type: ignore[misc]
 
 
+class _RawDescription(DefaultHelpFormatter):
+    """Keep the description's line breaks (the command list)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
 class _HintParser(_HintMixin, ArgumentParser):
     """jsonargparse parser whose unknown-key errors name the closest valid key."""
 
@@ -112,6 +119,13 @@ def _cli_class():
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("data.hierarchy", "model.hierarchy", apply_on="instantiate")
 
+        @staticmethod
+        def subcommands() -> dict[str, set[str]]:
+            # `hmc predict` is hmc.predict's checkpoint-only predictor (dispatched in main()).
+            subcommands = dict(LightningCLI.subcommands())
+            subcommands.pop("predict")
+            return subcommands
+
     return HMCLightningCLI
 
 
@@ -127,7 +141,7 @@ def run_lightning_cli(args: Sequence[str] | None = None) -> Any:
         parser_class=_lightning_parser_class(),
         # Writes config.yaml to the run folder and sends the resolved config to every logger.
         save_config_callback=LoggerSaveConfigCallback,
-        parser_kwargs={"description": DESCRIPTION},
+        parser_kwargs={"description": DESCRIPTION, "formatter_class": _RawDescription},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # HMCModule builds its own param groups/schedule
         # Hyper-parameters are the module's plain arguments (the hierarchy travels in
