@@ -300,3 +300,22 @@ def test_ckpt_path_last_finds_the_run_checkpoint_with_a_versioned_logger(tmp_pat
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
     assert t.ckpt_path == str(tmp_path / "checkpoints" / "last.ckpt")
+
+
+def test_sigterm_saves_last_checkpoint_at_the_stopping_step(tmp_path):
+    """After SIGTERM Lightning raises SIGTERMException from the loop at the end of the current
+    batch (what this callback imitates); RunCheckpoint then writes last.ckpt at that step."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    class Term(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 3:
+                raise SIGTERMException
+
+    h = toy()
+    cb = RunCheckpoint(save_last=True, save_top_k=0, every_n_train_steps=100)
+    t = trainer(tmp_path, epochs=5, callbacks=[cb, Term()], limit_val_batches=0)
+    with pytest.raises(SIGTERMException):
+        t.fit(module(h), loader(h))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3
