@@ -235,10 +235,16 @@ class HMCModule(pl.LightningModule):
         if by_epoch:
             total, warmup, interval = max_epochs, hp.warmup_epochs, "epoch"
         else:  # max_steps-bounded runs: the same shape, stepped per optimiser step
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+            steps = self.trainer.estimated_stepping_batches  # inf: no end, no annealing
+            total = max(1, int(steps)) if math.isfinite(steps) else 0
+            if self.trainer.train_dataloader is None:  # as estimated_stepping_batches does
+                self.trainer.fit_loop.setup_data()
+            batches = self.trainer.num_training_batches
+            accumulate = max(1, self.trainer.accumulate_grad_batches)
+            per_epoch = max(1, int(batches) // accumulate) if math.isfinite(batches) else 1
             warmup, interval = hp.warmup_epochs * per_epoch, "step"
-        lambdas = _schedule(hp.scheduler, total, warmup)
+        kind = hp.scheduler if total else "constant"
+        lambdas = _schedule(kind, total, warmup)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
 

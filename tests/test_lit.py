@@ -319,3 +319,22 @@ def test_sigterm_saves_last_checkpoint_at_the_stopping_step(tmp_path):
         t.fit(module(h), loader(h))
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3
+
+
+def test_max_steps_runs_anneal_per_step_with_warmup_in_epochs(tmp_path):
+    h = toy()
+    m = module(h, warmup_epochs=1, lr=0.01, backbone_lr=0.01)
+    lrs = []
+
+    class Spy(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    t = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=-1, max_steps=6, accelerator="cpu", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        limit_val_batches=0, callbacks=[Spy()],
+    )  # fmt: skip
+    t.fit(m, loader(h))  # 2 batches per epoch: warm-up over 2 steps, then cosine over 4
+    expected = [1 / 3, 2 / 3] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert lrs == pytest.approx([0.01 * f for f in expected])
