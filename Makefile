@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.hmc-installed
 export HF_HUB_OFFLINE := 1
 export WANDB_SILENT := true
 
-.PHONY: install test lint format demo demo-data bench clean
+.PHONY: install test lint format demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

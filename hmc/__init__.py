@@ -24,7 +24,10 @@ _LAZY = {
     "HierarchicalMetrics": "hmc.metrics",
     "evaluate": "hmc.metrics",
     "HMCModule": "hmc.lit",
-    "load_model": "hmc.lit",
+    "load_model": "hmc.predict",
+    "Predictor": "hmc.predict",
+    "build_loss": "hmc.losses",
+    "node_probabilities": "hmc.decoding",
     "HMCDataModule": "hmc.data",
 }
 
