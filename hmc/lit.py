@@ -23,7 +23,7 @@ from hmc._registry import load_hierarchy
 from hmc.decoding import decode as decode_scores
 from hmc.hierarchy import Hierarchy
 from hmc.losses import build_loss
-from hmc.metrics import HierarchicalMetrics
+from hmc.metrics import HierarchicalMetrics, LevelConfusion
 from hmc.models import build_model
 from hmc.predict import CHECKPOINT_KEY, check_hierarchy, load_model, read_checkpoint
 
@@ -206,7 +206,9 @@ class HMCModule(pl.LightningModule):
         # compute() already synced across processes; sync_dist averages identical values.
         self.log_dict(values, sync_dist=True)
         self.last_stage = stage
-        self.last_confusions = metrics.confusions()
+        # A collection built without the confusion group has nothing to report.
+        has_confusion = any(isinstance(m, LevelConfusion) for m in metrics.values(copy_state=False))
+        self.last_confusions = metrics.confusions() if has_confusion else {}
         metrics.reset()
         last = {k: float(v) for k, v in values.items() if torch.is_tensor(v) and v.numel() == 1}
         logged = self.trainer.callback_metrics.get(f"{stage}/loss")

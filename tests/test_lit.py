@@ -338,3 +338,13 @@ def test_max_steps_runs_anneal_per_step_with_warmup_in_epochs(tmp_path):
     t.fit(m, loader(h))  # 2 batches per epoch: warm-up over 2 steps, then cosine over 4
     expected = [1 / 3, 2 / 3] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
     assert lrs == pytest.approx([0.01 * f for f in expected])
+
+
+def test_metrics_without_the_confusion_group_still_finish_the_epoch(tmp_path):
+    h = toy()
+    m = module(h, metrics_kwargs={"metrics": ["acc", "fpa"]})
+    t = trainer(tmp_path)
+    t.fit(m, loader(h), loader(h, seed=1))
+    assert "val/acc/fine" in m.last_metrics and "val/fpa" in m.last_metrics
+    assert "val/hf1" not in m.last_metrics
+    assert m.last_confusions == {}
