@@ -1,4 +1,4 @@
-"""Test-wide settings: offline, small thread pool, a deterministic hypothesis profile."""
+"""Test-wide settings: offline, one intra-op thread, a deterministic hypothesis profile."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Tiny models gain nothing from a second thread, and OpenMP threads that spin on busy cores
+# (or beside the 2-process DDP tests) slow runs down many times over.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 # "ci" (default): derandomized, so a failure reproduces; HYPOTHESIS_PROFILE=dev explores more.
 settings.register_profile(
