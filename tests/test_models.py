@@ -288,10 +288,17 @@ def test_hrn_model_jit_trace_and_torch_export():
 def test_hrn_onnx_export(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
     model = build_model("resnet10t", ragged(), head="hrn", **SMALL_HRN).eval()
     path = tmp_path / "hrn.onnx"
-    torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path))
-    assert path.stat().st_size > 0
+    x = torch.randn(2, 3, 32, 32)
+    torch.onnx.export(model, (x,), str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    node_scores, leaf_logits = session.run(None, {session.get_inputs()[0].name: x.numpy()})[:2]
+    with torch.no_grad():
+        ref = model(x)
+    torch.testing.assert_close(torch.from_numpy(node_scores), ref.node_scores, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(leaf_logits), ref.leaf_logits, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("tree", sorted(TREES))
