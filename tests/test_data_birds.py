@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data_fixtures import (
+from data_fixtures import (
     BIRD_CLASSES,
     NABIRDS_IMAGES,
     bird_hierarchy,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data_fixtures import (
+from data_fixtures import (
     AIRCRAFT,
     BIRD_CLASSES,
     CIFAR_FINE,
@@ -141,7 +141,7 @@ def test_cifar100_superclass_must_match(tmp_path):
 def test_cifar100_and_fashion_label_out_of_range(tmp_path):
     import pickle
 
-    from test_data_fixtures import write_idx
+    from data_fixtures import write_idx
 
     make_cifar100(tmp_path)
     path = tmp_path / "cifar-100-python" / "test"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_data_fixtures import (
+from data_fixtures import (
     bird_hierarchy,
     corrupt,
     make_cub,

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from data_fixtures import bird_hierarchy, make_cub
 from hypothesis import given
 from hypothesis import strategies as st
-from test_data_fixtures import bird_hierarchy, make_cub
 from torch.utils.data import DataLoader
 
 import hmc.data as D

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from data_fixtures import bird_hierarchy
 from PIL import Image
-from test_data_fixtures import bird_hierarchy
 
 import hmc.data as D
 from hmc.data.transforms import build_transforms, default_image_size
@@ -116,7 +116,7 @@ def test_to_normalized_tensor_matches_torchvision_and_is_plain():
 
 
 def test_decode_size_draws_jpegs_smaller_but_never_below_the_size(tmp_path):
-    from test_data_fixtures import write_image
+    from data_fixtures import write_image
 
     from hmc.data._base import pil_loader
     from hmc.data.transforms import decode_size

@@ -6,35 +6,11 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tree_strategies import trees
 
 from hmc.decoding import node_marginals
 from hmc.hierarchy import Hierarchy
 from hmc.losses import CombinatorialLoss
-
-
-@st.composite
-def trees(draw, max_depth: int = 5, max_nodes: int = 40) -> Hierarchy:
-    """Random trees, ragged or not, with an explicit root "R" and 1..max_depth levels."""
-    depth = draw(st.integers(1, max_depth))
-    ragged = draw(st.booleans())
-    edges: list[tuple[str, str]] = []
-    frontier = ["R"]
-    for d in range(1, depth + 1):
-        nxt: list[str] = []
-        for parent in frontier:
-            # Non-ragged trees give every node children until the last level.
-            low = 0 if (ragged and d > 1) else 1
-            k = draw(st.integers(low, 3 if len(edges) < max_nodes else low))
-            for _ in range(k):
-                child = f"n{len(edges)}"
-                edges.append((parent, child))
-                nxt.append(child)
-        if not nxt:  # keep the drawn depth
-            child = f"n{len(edges)}"
-            edges.append((frontier[0], child))
-            nxt.append(child)
-        frontier = nxt
-    return Hierarchy.from_edges(edges)
 
 
 def states_matrix(h: Hierarchy) -> torch.Tensor:

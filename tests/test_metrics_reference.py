@@ -12,6 +12,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+# --------------------------------------------------------------------------- data
+from tree_strategies import trees as _trees
 from torchmetrics.functional.classification import binary_average_precision
 
 from hmc.decoding import KINDS, METHODS, decode, leaf_log_marginals
@@ -19,27 +22,8 @@ from hmc.hierarchy import Hierarchy
 from hmc.metrics import HierarchicalMetrics, evaluate
 
 
-# --------------------------------------------------------------------------- data
-@st.composite
-def trees(draw, max_depth: int = 4, max_nodes: int = 40) -> Hierarchy:
-    """Random trees, ragged or not, with 1..max_depth levels and a virtual or explicit root."""
-    depth = draw(st.integers(1, max_depth))
-    ragged = draw(st.booleans())
-    edges: list[tuple[str, str]] = []
-    frontier = ["R"]
-    for d in range(1, depth + 1):
-        nxt: list[str] = []
-        for parent in frontier:
-            low = 0 if (ragged and d > 1) else 1
-            k = draw(st.integers(low, 3 if len(edges) < max_nodes else low))
-            for _ in range(k):
-                child = f"n{len(edges)}"
-                edges.append((parent, child))
-                nxt.append(child)
-        if not nxt:
-            break
-        frontier = nxt
-    return Hierarchy.from_edges(edges)
+def trees(max_depth: int = 4, max_nodes: int = 40):
+    return _trees(max_depth=max_depth, max_nodes=max_nodes, keep_depth=False)
 
 
 @st.composite
