@@ -12,16 +12,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-# --------------------------------------------------------------------------- data
-from tree_strategies import trees as _trees
 from torchmetrics.functional.classification import binary_average_precision
+from tree_strategies import trees as _trees
 
 from hmc.decoding import KINDS, METHODS, decode, leaf_log_marginals
 from hmc.hierarchy import Hierarchy
 from hmc.metrics import HierarchicalMetrics, evaluate
 
 
+# --------------------------------------------------------------------------- data
 def trees(max_depth: int = 4, max_nodes: int = 40):
     return _trees(max_depth=max_depth, max_nodes=max_nodes, keep_depth=False)
 
