@@ -348,3 +348,19 @@ def test_metrics_without_the_confusion_group_still_finish_the_epoch(tmp_path):
     assert "val/acc/fine" in m.last_metrics and "val/fpa" in m.last_metrics
     assert "val/hf1" not in m.last_metrics
     assert m.last_confusions == {}
+
+
+def test_logit_scores_reach_both_the_loss_and_the_decoder(tmp_path):
+    h = toy()
+    m = module(h, loss_kwargs={"scores": "logits"})
+    assert m.loss_fn.combinatorial.scores == "logits"
+    x = torch.randn(4, h.num_nodes) * 5
+    torch.testing.assert_close(
+        m.decode(x).node_probs, decode(h, x, m.hparams.decoder, scores="logits").node_probs
+    )
+    assert not torch.allclose(m.decode(x).node_probs, decode(h, x, scores="sigmoid").node_probs)
+    t = trainer(tmp_path)
+    t.fit(m, loader(h), loader(h, seed=1))
+    path = tmp_path / "logits.ckpt"
+    t.save_checkpoint(path)
+    assert load_model(path).scores == "logits"
