@@ -229,11 +229,8 @@ class HRNLoss(nn.Module):
         return f"combinatorial_weight={self.combinatorial_weight}, leaf_weight={self.leaf_weight}"
 
 
-class PerLevelCrossEntropy(nn.Module):
-    """Baseline for "level_logits" heads: one softmax cross-entropy per level, on the level's
-    slice of ``node_scores``, summed over the levels a sample is labelled at (levels below a
-    coarse label are unknown and skipped). ``"mean"`` averages the per-sample sums over the
-    labelled samples."""
+class _BaselineLoss(nn.Module):
+    """Shared options of the baseline losses: the hierarchy, ``reduction`` and ``ignore_index``."""
 
     def __init__(
         self, hierarchy: Hierarchy, reduction: str = "mean", ignore_index: int = -100
@@ -243,6 +240,13 @@ class PerLevelCrossEntropy(nn.Module):
         self.hierarchy = hierarchy
         self.reduction = reduction
         self.ignore_index = ignore_index
+
+
+class PerLevelCrossEntropy(_BaselineLoss):
+    """Baseline for "level_logits" heads: one softmax cross-entropy per level, on the level's
+    slice of ``node_scores``, summed over the levels a sample is labelled at (levels below a
+    coarse label are unknown and skipped). ``"mean"`` averages the per-sample sums over the
+    labelled samples."""
 
     def forward(self, node_scores: Tensor, targets: Tensor, leaf_logits: Tensor | None = None):
         h = self.hierarchy
@@ -259,21 +263,12 @@ class PerLevelCrossEntropy(nn.Module):
         return _reduce(per_sample, mask, self.reduction)
 
 
-class LeafMarginalLoss(nn.Module):
+class LeafMarginalLoss(_BaselineLoss):
     """Baseline for "leaf_log_probs" heads (one softmax over the leaves): the negative log
     probability of the label, where a coarse label's probability is the sum of its leaves'.
 
     ``node_scores`` must already be log P(node) (see :func:`hmc.decoding.leaf_log_marginals`,
     which the LeafHead applies), so the loss is ``-node_scores[b, target[b]]``."""
-
-    def __init__(
-        self, hierarchy: Hierarchy, reduction: str = "mean", ignore_index: int = -100
-    ) -> None:
-        super().__init__()
-        _check_choice("reduction", reduction, _REDUCTIONS)
-        self.hierarchy = hierarchy
-        self.reduction = reduction
-        self.ignore_index = ignore_index
 
     def forward(self, node_scores: Tensor, targets: Tensor, leaf_logits: Tensor | None = None):
         mask, t = _labelled(self.hierarchy, node_scores, targets, self.ignore_index)

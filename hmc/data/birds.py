@@ -21,21 +21,23 @@ class _VisipediaDataset(ImageFileDataset):
 
     _name = "dataset"
     _folder = ""
+    _default_hierarchy = ""
 
     def __init__(
         self,
         root: str | Path,
-        split: str,
-        hierarchy: Hierarchy,
+        split: str = "train",
+        hierarchy: str | Path | Hierarchy | None = None,
         *,
-        val_fraction: float,
-        seed: int,
-        crop_to_bbox: bool,
-        transform: Callable | None,
-        loader: Callable[[str], Image.Image] | None,
-        on_bad_sample: str,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        crop_to_bbox: bool = False,
+        transform: Callable | None = None,
+        loader: Callable[[str], Image.Image] | None = None,
+        on_bad_sample: str = "raise",
     ) -> None:
         check_choice("split", split, SPLITS)
+        hierarchy = as_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
         self.root = root = find_root(root, self._folder, "images.txt", self._name)
         files = ["images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt"]
         files += ["bounding_boxes.txt"] if crop_to_bbox else []
@@ -103,6 +105,11 @@ class _VisipediaDataset(ImageFileDataset):
             on_bad_sample=on_bad_sample,
         )
 
+    @classmethod
+    def default_hierarchy(cls, root: str | Path) -> Hierarchy:
+        """The hierarchy used when none is given (a shipped tree by default)."""
+        return as_hierarchy(cls._default_hierarchy)
+
     def _class_nodes(self, path: Path) -> dict[str, str]:
         raise NotImplementedError
 
@@ -129,31 +136,7 @@ class CUB200(_VisipediaDataset):
 
     _name = "CUB200"
     _folder = "CUB_200_2011"
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        hierarchy: str | Path | Hierarchy = "cub200",
-        *,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        crop_to_bbox: bool = False,
-        transform: Callable | None = None,
-        loader: Callable[[str], Image.Image] | None = None,
-        on_bad_sample: str = "raise",
-    ) -> None:
-        super().__init__(
-            root,
-            split,
-            as_hierarchy(hierarchy),
-            val_fraction=val_fraction,
-            seed=seed,
-            crop_to_bbox=crop_to_bbox,
-            transform=transform,
-            loader=loader,
-            on_bad_sample=on_bad_sample,
-        )
+    _default_hierarchy = "cub200"
 
     def _class_nodes(self, path: Path) -> dict[str, str]:
         # classes.txt: "<class id> <NNN.Class_Name>"; the folder name is the species' node id.
@@ -172,33 +155,6 @@ class NABirds(_VisipediaDataset):
 
     _name = "NABirds"
     _folder = "nabirds"
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        hierarchy: str | Path | Hierarchy | None = None,
-        *,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        crop_to_bbox: bool = False,
-        transform: Callable | None = None,
-        loader: Callable[[str], Image.Image] | None = None,
-        on_bad_sample: str = "raise",
-    ) -> None:
-        if hierarchy is None:
-            hierarchy = self.default_hierarchy(root)
-        super().__init__(
-            root,
-            split,
-            as_hierarchy(hierarchy),
-            val_fraction=val_fraction,
-            seed=seed,
-            crop_to_bbox=crop_to_bbox,
-            transform=transform,
-            loader=loader,
-            on_bad_sample=on_bad_sample,
-        )
 
     @classmethod
     def default_hierarchy(cls, root: str | Path) -> Hierarchy:
