@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 import hmc
-from hmc._states import log_conditionals, state_plan
 from hmc.hierarchy import Hierarchy, HierarchyError
 from hmc.losses import CombinatorialLoss
+from hmc.sweeps import log_conditionals, state_plan
 
 INAT_LEVELS = (3, 13, 51, 273, 1103, 4884, 10000)
 

@@ -26,8 +26,7 @@ import time
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-from hmc import load_hierarchy
-from hmc.hierarchy import Hierarchy
+from hmc.hierarchy import Hierarchy, load_hierarchy
 from hmc.metrics import METRIC_GROUPS, PROBABILITY_GROUPS, HierarchicalMetrics
 
 

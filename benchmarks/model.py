@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hmc import load_hierarchy
+from hmc.hierarchy import load_hierarchy
 from hmc.losses import build_loss
 from hmc.models import build_model
 

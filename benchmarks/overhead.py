@@ -56,7 +56,7 @@ def module_kwargs(args) -> dict:
 
 def bare_run(args, h, ds) -> float:
     """Images/s of the plain loop over the timed epochs."""
-    from hmc.lit import HMCModule, _schedule
+    from hmc.training.module import HMCModule, _schedule
 
     torch.manual_seed(args.seed)
     m = HMCModule(h, **module_kwargs(args))  # the same model, loss and groups; no Trainer
@@ -85,7 +85,7 @@ def bare_run(args, h, ds) -> float:
 def lightning_run(args, h, ds, root: str) -> float:
     import pytorch_lightning as pl
 
-    from hmc.lit import HMCModule, RunCheckpoint
+    from hmc.training.module import HMCModule, RunCheckpoint
 
     class Clock(pl.Callback):
         def __init__(self) -> None:
@@ -115,7 +115,7 @@ def lightning_run(args, h, ds, root: str) -> float:
 
         callbacks.append(RichProgressBar())
     if args.logger == "wandb":
-        from hmc.wandb_utils import WandbLogger
+        from hmc.training.wandb import WandbLogger
 
         logger = WandbLogger(save_dir=root, project="hmc-overhead", offline=True)
     elif args.logger == "csv":
@@ -167,7 +167,7 @@ def main() -> None:
 
     import logging
 
-    from hmc import load_hierarchy
+    from hmc.hierarchy import load_hierarchy
 
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)

@@ -46,10 +46,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmc import load_hierarchy
 from hmc.data import CSVDataset, build_transforms, relabel_targets, stratified_split
 from hmc.decoding import decode
-from hmc.hierarchy import Hierarchy
+from hmc.hierarchy import Hierarchy, load_hierarchy
 from hmc.losses import build_loss
 from hmc.metrics import HierarchicalMetrics
 from hmc.models import create_backbone, create_head

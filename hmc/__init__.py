@@ -1,7 +1,8 @@
 """hmc: hierarchical multi-granularity classification in PyTorch.
 
 Columns of every ``[B, N]`` score tensor follow :attr:`Hierarchy.nodes` (level-major).
-Heavy parts (Lightning, the model zoo) are imported on first use.
+The core (hierarchy, losses, decoding, metrics, models, predict) is plain PyTorch; the
+Lightning names (``HMCModule``, ``HMCDataModule``) are imported on first use.
 """
 
 from __future__ import annotations
@@ -9,26 +10,37 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from hmc._registry import list_hierarchies, load_hierarchy
-from hmc.hierarchy import Hierarchy, HierarchyError, UnknownLabelError
+from hmc.hierarchy import (
+    Hierarchy,
+    HierarchyError,
+    UnknownLabelError,
+    list_hierarchies,
+    load_hierarchy,
+)
 
 __version__ = "0.1.0"
 
+# Imported on first use: the model zoo (timm) and the losses/metrics pull in heavy libraries,
+# and the training names need Lightning.
 _LAZY = {
-    "build_model": "hmc.models",
-    "HierarchicalClassifier": "hmc.models",
     "CombinatorialLoss": "hmc.losses",
     "HRNLoss": "hmc.losses",
-    "node_marginals": "hmc.decoding",
+    "LeafMarginalLoss": "hmc.losses",
+    "PerLevelCrossEntropy": "hmc.losses",
+    "build_loss": "hmc.losses",
+    "Decoded": "hmc.decoding",
     "decode": "hmc.decoding",
+    "node_marginals": "hmc.decoding",
+    "node_probabilities": "hmc.decoding",
     "HierarchicalMetrics": "hmc.metrics",
     "evaluate": "hmc.metrics",
-    "HMCModule": "hmc.lit",
-    "load_model": "hmc.predict",
+    "HeadOutput": "hmc.models",
+    "HierarchicalClassifier": "hmc.models",
+    "build_model": "hmc.models",
     "Predictor": "hmc.predict",
-    "build_loss": "hmc.losses",
-    "node_probabilities": "hmc.decoding",
-    "HMCDataModule": "hmc.data",
+    "load_model": "hmc.predict",
+    "HMCModule": "hmc.training",
+    "HMCDataModule": "hmc.training",
 }
 
 __all__ = [
@@ -45,3 +57,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'hmc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

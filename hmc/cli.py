@@ -1,7 +1,8 @@
 """The ``hmc`` command.
 
 - ``hmc fit|validate|test --config configs/X.yaml [--model.head hrn --data.relabel.ratio 0.5]``:
-  LightningCLI with :class:`hmc.lit.HMCModule` and :class:`hmc.data.HMCDataModule`; the data
+  LightningCLI with :class:`hmc.training.HMCModule` and :class:`hmc.training.HMCDataModule`;
+  the data
   module's hierarchy is linked to the model's. ``--print_config`` prints the full config.
 - ``hmc predict --ckpt_path run/last.ckpt --data.predict_paths '[img.jpg, folder/]'
   --output preds.csv``: a light predictor built on :func:`hmc.load_model` (the checkpoint
@@ -131,9 +132,9 @@ def _cli_class():
 
 def run_lightning_cli(args: Sequence[str] | None = None) -> Any:
     """Run ``hmc fit|validate|test`` (``args`` None: ``sys.argv``)."""
-    from hmc.callbacks import LoggerSaveConfigCallback
-    from hmc.data import HMCDataModule
-    from hmc.lit import HMCModule
+    from hmc.training.callbacks import LoggerSaveConfigCallback
+    from hmc.training.datamodule import HMCDataModule
+    from hmc.training.module import HMCModule
 
     return _cli_class()(
         HMCModule,
@@ -155,8 +156,8 @@ def run_lightning_cli(args: Sequence[str] | None = None) -> Any:
 def hierarchy_main(argv: Sequence[str]) -> int:
     """``hmc hierarchy show NAME|PATH`` / ``hmc hierarchy validate PATH``; returns the exit
     code."""
-    from hmc._registry import list_hierarchies, load_hierarchy
-    from hmc.hierarchy import HierarchyError
+    from hmc.hierarchy import HierarchyError, list_hierarchies
+    from hmc.training.artifacts import resolve_hierarchy
 
     parser = _HintParser(prog="hmc hierarchy", description="Inspect and check hierarchies.")
     sub = parser.add_subcommands(dest="command")
@@ -171,7 +172,7 @@ def hierarchy_main(argv: Sequence[str]) -> int:
     command = cfg.command
     target = cfg[command].name if command == "show" else cfg[command].path
     try:
-        h = load_hierarchy(target)
+        h = resolve_hierarchy(target)
     except (HierarchyError, OSError, ValueError) as err:
         where = "" if str(target) in str(err) else f"{target}: "
         print(f"error: {where}{err}", file=sys.stderr)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hmc._states import log_conditionals, marginals_from_log_conditionals, path_sums, state_plan
 from hmc.hierarchy import Hierarchy
+from hmc.sweeps import log_conditionals, marginals_from_log_conditionals, path_sums, state_plan
 
 __all__ = [
     "Decoded",

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmc._states import CombinatorialNLL, state_plan
 from hmc.hierarchy import Hierarchy
+from hmc.sweeps import CombinatorialNLL, state_plan
 
 __all__ = [
     "CombinatorialLoss",

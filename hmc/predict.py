@@ -1,6 +1,6 @@
 """Predict from a checkpoint alone: :func:`load_model` and the :class:`Predictor` it returns.
 
-Plain PyTorch (no Lightning import): a checkpoint written by :class:`hmc.lit.HMCModule` carries
+Plain PyTorch (no Lightning import): a checkpoint written by :class:`hmc.training.HMCModule` carries
 ``checkpoint["hmc"] = {"hierarchy", "model_config", "decoder", "transform", ...}``, so the model,
 its label tree, the decoder and the evaluation transform are rebuilt from that one file, loaded
 with ``torch.load(weights_only=True)``. ``hmc predict`` (see :mod:`hmc.cli`) is built on this.
@@ -68,7 +68,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt:
         raise ValueError(
             f"{str(path)!r} is not an hmc checkpoint: it has no {CHECKPOINT_KEY!r} entry "
-            "(write checkpoints with hmc.lit.HMCModule, e.g. `hmc fit`)"
+            "(write checkpoints with hmc.training.HMCModule, e.g. `hmc fit`)"
         )
     return ckpt
 
@@ -183,7 +183,7 @@ def load_model(
     """A ready :class:`Predictor` from an hmc checkpoint alone (``weights_only=True``).
 
     Args:
-        checkpoint: a ``.ckpt`` written by ``hmc fit`` / :class:`hmc.lit.HMCModule`.
+        checkpoint: a ``.ckpt`` written by ``hmc fit`` / :class:`hmc.training.HMCModule`.
         hierarchy: optional; if given it must be the checkpoint's own hierarchy (same
             fingerprint), else :class:`HierarchyMismatchError`.
         device: where to run the model.
@@ -195,7 +195,7 @@ def load_model(
     meta = ckpt[CHECKPOINT_KEY]
     stored = Hierarchy.from_dict(meta["hierarchy"])
     if hierarchy is not None:
-        from hmc import load_hierarchy
+        from hmc.hierarchy import load_hierarchy
 
         check_hierarchy(stored, load_hierarchy(hierarchy), f"checkpoint {str(checkpoint)!r}")
     model = HierarchicalClassifier.from_config(meta["model_config"])

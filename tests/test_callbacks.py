@@ -1,5 +1,5 @@
-"""hmc.callbacks on tiny real pl.Trainer runs: with an offline W&B run (checked through the run's
-.wandb records and files), with CSVLogger, and with no logger."""
+"""hmc.training.callbacks on tiny real pl.Trainer runs: with an offline W&B run (checked through
+the run's .wandb records and files), with CSVLogger, and with no logger."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from test_wandb_utils import finished_records, items, wandb_home  # noqa: F401 (
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from hmc import Hierarchy
-from hmc.callbacks import (
+from hmc.decoding import decode
+from hmc.training.callbacks import (
     LogConfusionMatrices,
     LoggerSaveConfigCallback,
     LogHierarchy,
@@ -27,8 +28,7 @@ from hmc.callbacks import (
     _fixed_batch,
     run_dir,
 )
-from hmc.decoding import decode
-from hmc.wandb_utils import WandbLogger
+from hmc.training.wandb import WandbLogger
 
 
 def toy() -> Hierarchy:
@@ -135,7 +135,7 @@ def table_files(sync_dir: Path, key: str) -> list[Path]:
 
 # ---------------------------------------------------------------- the real module, W&B on
 def test_callbacks_log_to_an_offline_wandb_run(wandb_home):  # noqa: F811
-    from hmc.lit import HMCModule
+    from hmc.training.module import HMCModule
 
     module = HMCModule(
         hierarchy=toy(),
@@ -271,16 +271,16 @@ def test_resolved_config_reaches_the_logger(wandb_home, use_wandb):  # noqa: F81
         config.write_text(
             "trainer:\n"
             "  logger:\n"
-            "    class_path: hmc.wandb_utils.WandbLogger\n"
+            "    class_path: hmc.training.wandb.WandbLogger\n"
             f"    init_args: {{project: hmc-test, save_dir: '{wandb_home}', log_model: true}}\n"
             "  callbacks:\n"
-            "    - class_path: hmc.callbacks.PerLevelAccuracyPlot\n"
-            "    - class_path: hmc.callbacks.LogHierarchy\n"
-            "    - class_path: hmc.callbacks.LogConfusionMatrices\n"
+            "    - class_path: hmc.training.callbacks.PerLevelAccuracyPlot\n"
+            "    - class_path: hmc.training.callbacks.LogHierarchy\n"
+            "    - class_path: hmc.training.callbacks.LogConfusionMatrices\n"
             "      init_args: {max_rows: 100, max_matrix_classes: 10}\n"
-            "    - class_path: hmc.callbacks.LogPredictionSamples\n"
+            "    - class_path: hmc.training.callbacks.LogPredictionSamples\n"
             "      init_args: {num_samples: 4}\n"
-            "    - class_path: hmc.callbacks.LogSummary\n"
+            "    - class_path: hmc.training.callbacks.LogSummary\n"
         )
         logger = [f"--config={config}"]
     else:

@@ -113,7 +113,7 @@ def test_every_config_parses_with_print_config(config, capsys):
     for section in ("model", "data"):
         for key, value in own[section].items():
             assert printed[section][key] == value, f"{section}.{key}"
-    assert printed["trainer"]["logger"]["class_path"] == "hmc.wandb_utils.WandbLogger"
+    assert printed["trainer"]["logger"]["class_path"] == "hmc.training.WandbLogger"
     assert "hierarchy" not in printed["model"]  # linked from data.hierarchy at instantiation
 
 

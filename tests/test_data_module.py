@@ -19,10 +19,10 @@ from data_fixtures import (
 )
 
 import hmc.data as D
-from hmc import load_hierarchy
+from hmc.hierarchy import load_hierarchy
 
 pl = pytest.importorskip("pytorch_lightning")
-HMCDataModule = D.HMCDataModule
+from hmc.training import HMCDataModule  # noqa: E402
 
 
 @pytest.fixture

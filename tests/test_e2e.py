@@ -101,9 +101,9 @@ trainer:
   num_sanity_val_steps: 0
   logger: {logger}
   callbacks:
-    - class_path: hmc.lit.RunCheckpoint
+    - class_path: hmc.training.RunCheckpoint
       init_args: {{save_last: true, save_top_k: 0, every_n_train_steps: {every_n_train_steps}}}
-    - class_path: hmc.lit.ResultsTable
+    - class_path: hmc.training.ResultsTable
       init_args: {{stages: [fit, validate, test]}}
 {extra_callbacks}
 model:
@@ -135,9 +135,9 @@ def csv_logger(save_dir: Path) -> str:
 
 
 WANDB_CALLBACKS = """\
-    - class_path: hmc.callbacks.PerLevelAccuracyPlot
-    - class_path: hmc.callbacks.LogHierarchy
-    - class_path: hmc.callbacks.LogSummary"""
+    - class_path: hmc.training.callbacks.PerLevelAccuracyPlot
+    - class_path: hmc.training.callbacks.LogHierarchy
+    - class_path: hmc.training.callbacks.LogSummary"""
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def trained(tmp_path_factory, fmnist):
     work = tmp_path_factory.mktemp("fit")
     run = work / "run"
     logger = (
-        "{class_path: hmc.wandb_utils.WandbLogger, "
+        "{class_path: hmc.training.wandb.WandbLogger, "
         f"init_args: {{save_dir: {run}, project: hmc-test, name: e2e}}}}"
     )
     cfg = write_config(

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import hmc
-from hmc._hierarchy_io import format_tree, parse_tree
 from hmc.hierarchy import VIRTUAL_ROOT, Hierarchy, HierarchyError
+from hmc.hierarchy.io import format_tree
 
 TOY_TREE = """\
 # hmc-hierarchy 1
@@ -45,7 +45,7 @@ def err(path: Path, line: int | None = None) -> str:
 
 # ------------------------------------------------------------------- .tree
 def test_parse_tree_reads_everything():
-    h = parse_tree(TOY_TREE, source="toy.tree")
+    h = Hierarchy.from_tree_text(TOY_TREE, source="toy.tree")
     assert h.nodes == ("animal", "plant", "bird", "fish", "tree", "gull", "oak")
     assert h.root == VIRTUAL_ROOT
     assert h.level_names == ("kingdom", "class", "species")
@@ -57,10 +57,10 @@ def test_parse_tree_reads_everything():
 
 
 def test_tree_text_roundtrip_is_exact(tmp_path):
-    h = parse_tree(TOY_TREE)
+    h = Hierarchy.from_tree_text(TOY_TREE)
     text = format_tree(h)
-    assert parse_tree(text) == h
-    assert format_tree(parse_tree(text)) == text  # stable text, diff-friendly
+    assert Hierarchy.from_tree_text(text) == h
+    assert format_tree(Hierarchy.from_tree_text(text)) == text  # stable text, diff-friendly
     h.save(tmp_path / "toy.tree")
     assert (tmp_path / "toy.tree").read_text(encoding="utf-8") == text
     assert Hierarchy.from_file(tmp_path / "toy.tree") == h
@@ -77,7 +77,7 @@ def test_tree_roots_roundtrip():
         | {"nodes": [["a", VIRTUAL_ROOT, "a", {}], ["b", VIRTUAL_ROOT, "b", {}]]}
     )
     for h in (real_root, single_top, named_root):
-        back = parse_tree(format_tree(h))
+        back = Hierarchy.from_tree_text(format_tree(h))
         assert back == h and back.root == h.root and back.nodes == h.nodes
 
 
@@ -118,7 +118,7 @@ def test_tree_and_json_roundtrip_random(tmp_path_factory, parents, names, attrs,
         h = Hierarchy.from_networkx(g, metadata=meta)
     except HierarchyError:
         return  # e.g. a single node: nothing below the root
-    assert parse_tree(format_tree(h)) == h
+    assert Hierarchy.from_tree_text(format_tree(h)) == h
     folder = tmp_path_factory.mktemp("rt")
     h.save(folder / "h.json")
     assert Hierarchy.from_file(folder / "h.json") == h
@@ -260,7 +260,7 @@ def test_paths_errors(tmp_path):
 
 
 def test_json_node_link(tmp_path):
-    h = parse_tree(TOY_TREE)
+    h = Hierarchy.from_tree_text(TOY_TREE)
     h.save(tmp_path / "toy.json")
     data = json.loads((tmp_path / "toy.json").read_text(encoding="utf-8"))
     assert "links" in data and data["graph"]["level_names"] == list(h.level_names)
@@ -384,8 +384,10 @@ def test_unknown_format_is_named(tmp_path):
     bare = write(tmp_path / "classes_flat.txt", "1 Phoebastria nigripes\n2 Phoebetria fusca\n")
     with pytest.raises(HierarchyError, match=err(bare, 1) + ": unknown hierarchy format"):
         Hierarchy.from_file(bare)
-    ok = write(tmp_path / "t.txt", format_tree(parse_tree(TOY_TREE)))
-    assert Hierarchy.from_file(ok) == parse_tree(TOY_TREE)  # magic line wins over the suffix
+    ok = write(tmp_path / "t.txt", format_tree(Hierarchy.from_tree_text(TOY_TREE)))
+    assert Hierarchy.from_file(ok) == Hierarchy.from_tree_text(
+        TOY_TREE
+    )  # magic line wins over the suffix
     with pytest.raises(HierarchyError, match=err(ok) + r": unknown format 'xml'; expected one of"):
         Hierarchy.from_file(ok, format="xml")
     folder = tmp_path / "empty_dir"
@@ -397,7 +399,7 @@ def test_unknown_format_is_named(tmp_path):
 
 
 def test_load_hierarchy(tmp_path, monkeypatch):
-    h = parse_tree(TOY_TREE)
+    h = Hierarchy.from_tree_text(TOY_TREE)
     assert hmc.load_hierarchy(h) is h
     h.save(tmp_path / "toy.tree")
     assert hmc.load_hierarchy(tmp_path / "toy.tree") == h

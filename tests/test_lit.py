@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from hmc import Hierarchy
 from hmc.decoding import decode
-from hmc.lit import HMCModule, ResultsTable, RunCheckpoint, format_results
 from hmc.losses import HRNLoss, LeafMarginalLoss, PerLevelCrossEntropy
 from hmc.predict import HierarchyMismatchError, Predictor, load_model
+from hmc.training.module import HMCModule, ResultsTable, RunCheckpoint, format_results
 
 
 @pytest.fixture(autouse=True)

@@ -335,7 +335,7 @@ def test_bounded_confusion_table_recovers_exact_counts_and_warns_when_full():
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (7, 9), (16, 8), (5, 13)])
 def test_at_least_finds_every_value_above_the_bar(shape):
-    from hmc._metrics_probs import _at_least
+    from hmc.metrics.ranking import _at_least
 
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(shape[0] * 31 + shape[1]))
     view = torch.rand(shape[0], shape[1] + 3)[:, 2 : 2 + shape[1]]  # non-contiguous too
@@ -355,7 +355,7 @@ def test_at_least_finds_every_value_above_the_bar(shape):
 )
 @settings(max_examples=40)
 def test_block_max_and_topk_equal_torch(rows, width, k, ties, seed):
-    from hmc._metrics_batch import block_max, block_topk
+    from hmc.metrics.batch import block_max, block_topk
 
     g = torch.Generator().manual_seed(seed)
     base = torch.rand(rows, width + 5, generator=g)
@@ -374,7 +374,7 @@ def test_block_max_and_topk_equal_torch(rows, width, k, ties, seed):
 def test_docstring_examples_run():
     import doctest
 
-    import hmc.metrics
+    import hmc.metrics.collection
 
-    result = doctest.testmod(hmc.metrics)
+    result = doctest.testmod(hmc.metrics.collection)
     assert result.attempted > 0 and result.failed == 0

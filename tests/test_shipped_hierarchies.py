@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import hmc
-from hmc._hierarchy_io import format_tree, parse_tree
+from hmc.hierarchy import Hierarchy
+from hmc.hierarchy.io import format_tree
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def test_shipped_shape_and_provenance(name):
         assert meta.get(key), f"{name}.tree lacks @{key}"
     # The file is exactly what format_tree writes (round trip is exact and stable).
     text = (REPO / "hierarchies" / f"{name}.tree").read_text(encoding="utf-8")
-    assert format_tree(parse_tree(text)) == text
+    assert format_tree(Hierarchy.from_tree_text(text)) == text
     # Leaves that carry a class_index cover 0..L-1 once (the datasets' label order).
     idx = [h.attributes(leaf).get("class_index") for leaf in h.leaves]
     if idx[0] is not None:

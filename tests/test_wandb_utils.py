@@ -1,4 +1,4 @@
-"""hmc.wandb_utils: offline fallback, hierarchy artifacts, the .wandb reader. No network: every
+"""hmc.training.wandb: offline fallback, hierarchy artifacts, the .wandb reader. No network: every
 run is offline, and only the W&B public API's artifact fetch (a network call) is faked."""
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 import wandb
 
-import hmc
 from hmc import Hierarchy, HierarchyError
-from hmc.wandb_utils import (
-    WandbLogger,
-    has_wandb_credentials,
+from hmc.training.artifacts import (
     load_hierarchy_artifact,
     log_hierarchy_artifact,
+    resolve_hierarchy,
+)
+from hmc.training.wandb import (
+    WandbLogger,
+    has_wandb_credentials,
     read_run_records,
     resolve_wandb_mode,
 )
@@ -162,12 +164,12 @@ def test_unreachable_host_means_offline(wandb_home, monkeypatch):
 
 # ------------------------------------------------------------------------------- logger
 def _messages(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "hmc.wandb_utils"]
+    return [r.getMessage() for r in caplog.records if r.name == "hmc.training.wandb"]
 
 
 def test_logger_goes_offline_once_and_prints_sync_command(wandb_home, monkeypatch, caplog):
     monkeypatch.delenv("WANDB_MODE")
-    caplog.set_level(logging.INFO, logger="hmc.wandb_utils")
+    caplog.set_level(logging.INFO, logger="hmc.training.wandb")
     logger = WandbLogger(project="hmc-test", save_dir=str(wandb_home / "runs"), log_model=True)
     run = logger.experiment
     assert logger.experiment is run
@@ -198,7 +200,7 @@ def test_logger_falls_back_when_init_fails(wandb_home, monkeypatch, caplog):
         return real_init(**kwargs)
 
     monkeypatch.setattr(wandb, "init", init)
-    caplog.set_level(logging.WARNING, logger="hmc.wandb_utils")
+    caplog.set_level(logging.WARNING, logger="hmc.training.wandb")
     logger = WandbLogger(project="hmc-test", save_dir=str(wandb_home), network_check=False)
     assert logger.experiment.offline
     assert modes == ["online", "offline"]
@@ -207,7 +209,7 @@ def test_logger_falls_back_when_init_fails(wandb_home, monkeypatch, caplog):
 
 
 def test_explicit_offline_is_announced_and_logs_metrics(wandb_home, caplog):
-    caplog.set_level(logging.WARNING, logger="hmc.wandb_utils")
+    caplog.set_level(logging.WARNING, logger="hmc.training.wandb")
     logger = WandbLogger(project="hmc-test", save_dir=str(wandb_home), offline=True)
     logger.log_metrics({"val/acc/fine": 0.25}, step=3)
     (message,) = _messages(caplog)
@@ -274,7 +276,7 @@ def test_hierarchy_artifact_round_trip(wandb_home, monkeypatch):
     monkeypatch.setattr(wandb, "Api", _FakeApi)
     _FakeApi.artifacts = {"me/hmc-test/toy-tree:v0": _Downloadable(logged)}
     _FakeApi.refs = []
-    loaded = hmc.load_hierarchy("wandb:me/hmc-test/toy-tree:v0")
+    loaded = resolve_hierarchy("wandb:me/hmc-test/toy-tree:v0")
     assert loaded == h
     assert loaded.name("cat") == "Cat"
     assert _FakeApi.refs == [("me/hmc-test/toy-tree:v0", "hierarchy")]
@@ -294,7 +296,7 @@ def _copy_as_tree(path: str, folder: Path) -> Path:
 
 def test_load_hierarchy_artifact_errors(wandb_home, monkeypatch):
     with pytest.raises(HierarchyError, match="no W&B API key"):
-        hmc.load_hierarchy("wandb:me/proj/tree:v0")
+        resolve_hierarchy("wandb:me/proj/tree:v0")
     with pytest.raises(HierarchyError, match="Expected a W&B artifact reference"):
         load_hierarchy_artifact("me/proj/")
     h = toy_hierarchy()

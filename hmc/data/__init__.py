@@ -1,5 +1,5 @@
 """Datasets whose targets are hierarchy node columns, coarse-label simulation, transforms,
-samplers and (imported lazily, since it needs Lightning) :class:`HMCDataModule`.
+samplers. No Lightning: :class:`hmc.training.HMCDataModule` wraps these for Lightning.
 
 Every dataset yields ``(image, target)`` with ``target`` the column of the observed label's
 node at any depth, and has ``.hierarchy``, ``.targets`` ([n] long) and a one-line repr with
@@ -7,9 +7,6 @@ the number of labels per level.
 """
 
 from __future__ import annotations
-
-import importlib
-from typing import Any
 
 from hmc.data._base import (
     ArrayDataset,
@@ -47,7 +44,6 @@ __all__ = [
     "FGVCAircraft",
     "FashionMNIST",
     "HMCDataLoader",
-    "HMCDataModule",
     "HierarchicalDataset",
     "HierarchyFolder",
     "ImageFileDataset",
@@ -65,10 +61,3 @@ __all__ = [
     "skip_bad_collate",
     "stratified_split",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # HMCDataModule needs Lightning; import it only when asked for.
-    if name in ("HMCDataModule", "DATASETS"):
-        return getattr(importlib.import_module("hmc.data.datamodule"), name)
-    raise AttributeError(f"module 'hmc.data' has no attribute {name!r}")

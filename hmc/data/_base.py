@@ -18,8 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from hmc._registry import load_hierarchy
-from hmc.hierarchy import Hierarchy
+from hmc.hierarchy import Hierarchy, load_hierarchy
 
 __all__ = [
     "BadSampleError",

@@ -23,7 +23,7 @@ SELECTIONS = ("first", "random")
 
 @dataclass(frozen=True)
 class RelabelConfig:
-    """How :class:`~hmc.data.HMCDataModule` coarsens its training labels.
+    """How :class:`~hmc.training.HMCDataModule` coarsens its training labels.
 
     ratio: fraction of each class's fine-labelled training samples to relabel (0 = off; the
         paper sweeps 0.3 / 0.5 / 0.7 / 0.9).

@@ -159,7 +159,7 @@ def build_model(
         torch.Size([2, 5])
     """
     if not isinstance(hierarchy, Hierarchy):
-        from hmc import load_hierarchy
+        from hmc.hierarchy import load_hierarchy
 
         hierarchy = load_hierarchy(hierarchy)
     backbone_kwargs = dict(backbone_kwargs or {})

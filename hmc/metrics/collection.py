@@ -33,9 +33,10 @@ from typing import Any
 from torch import Tensor
 from torchmetrics import MetricCollection
 
-from hmc._metrics_batch import MetricBatch, as_tensor
-from hmc._metrics_confusion import LevelConfusion
-from hmc._metrics_core import (
+from hmc.hierarchy import Hierarchy
+from hmc.metrics.batch import MetricBatch, as_tensor
+from hmc.metrics.confusion import LevelConfusion
+from hmc.metrics.levels import (
     FullPathAccuracy,
     HierarchicalF1,
     HierarchicalMetric,
@@ -44,14 +45,13 @@ from hmc._metrics_core import (
     MistakeSeverity,
     Shared,
 )
-from hmc._metrics_probs import (
+from hmc.metrics.ranking import (
     AverageHierarchicalDistance,
     HierarchicalAveragePrecision,
     LevelCalibrationError,
     TopKAccuracy,
     binned_average_precision,
 )
-from hmc.hierarchy import Hierarchy
 
 __all__ = [
     "METRIC_GROUPS",

@@ -1,6 +1,7 @@
-"""Below the Hierarchy class: errors, tree validation, graph builders, the tensor-view type.
+"""The tree as a graph: errors, validation, graph builders and the tensor-view type.
 
-Split out of ``hierarchy.py`` to keep files short; ``hmc.hierarchy`` re-exports the public names.
+Everything here works on ``nx.DiGraph``; :mod:`hmc.hierarchy.tree` turns a validated graph
+into a :class:`~hmc.hierarchy.Hierarchy`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ VIRTUAL_ROOT = "<root>"
 class HierarchyError(ValueError):
     """A hierarchy that is not a rooted tree, or a file that does not describe one."""
 
-    __module__ = "hmc.hierarchy"  # its public home (re-exported there), shown in tracebacks
+    __module__ = "hmc.hierarchy"  # its public home, shown in tracebacks
 
 
 class UnknownLabelError(HierarchyError, KeyError):

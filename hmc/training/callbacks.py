@@ -1,12 +1,12 @@
 """Lightning callbacks: a per-level accuracy plot, and what hmc logs to Weights & Biases.
 
-They read the :class:`hmc.lit.HMCModule` contract: ``pl_module.hierarchy``,
+They read the :class:`hmc.training.HMCModule` contract: ``pl_module.hierarchy``,
 ``pl_module.model`` (returns ``HeadOutput``), and after each val/test epoch
 ``pl_module.last_metrics`` (``{"val/acc/<level>": float, ...}``) and
 ``pl_module.last_confusions`` (level name -> ``[(true id, predicted id, count), ...]``).
 
 Every callback works with any logger or none: the W&B ones do nothing unless the trainer has
-a ``WandbLogger`` (Lightning's or :class:`hmc.wandb_utils.WandbLogger`), on rank zero.
+a ``WandbLogger`` (Lightning's or :class:`hmc.training.wandb.WandbLogger`), on rank zero.
 
 - :class:`PerLevelAccuracyPlot`: ``per_level_accuracy.png`` + ``.csv`` in the run folder.
 - :class:`LogHierarchy`: the hierarchy as a W&B artifact; per-level accuracy panels by epoch.
@@ -235,7 +235,7 @@ class LogHierarchy(Callback):
         hierarchy = getattr(pl_module, "hierarchy", None)
         if run is None or hierarchy is None or self.artifact is not None:
             return
-        from hmc.wandb_utils import log_hierarchy_artifact
+        from hmc.training.artifacts import log_hierarchy_artifact
 
         self.artifact = log_hierarchy_artifact(run, hierarchy, self.name)
         run.config.update(

@@ -10,7 +10,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from hmc._registry import load_hierarchy
 from hmc.data._base import (
     ON_BAD_SAMPLE,
     HierarchicalDataset,
@@ -30,6 +29,7 @@ from hmc.data.relabel import RelabelConfig, relabel_targets
 from hmc.data.samplers import HMCDataLoader, _level_number, class_balanced_sampler, skip_bad_collate
 from hmc.data.transforms import PRESETS, build_transforms, decode_size
 from hmc.hierarchy import Hierarchy
+from hmc.training.artifacts import resolve_hierarchy
 
 __all__ = ["DATASETS", "HMCDataModule"]
 
@@ -137,7 +137,7 @@ class HMCDataModule(pl.LightningDataModule):
         self.seed = seed
         self.download = download
         self.dataset_options = dict(dataset_options or {})
-        self.hierarchy: Hierarchy = self._load_hierarchy(hierarchy, default_h)
+        self.hierarchy: Hierarchy = self._resolve_hierarchy(hierarchy, default_h)
         self.balanced_sampling = balanced_sampling
         if balanced_sampling is not None:
             _level_number(self.hierarchy, balanced_sampling)
@@ -148,13 +148,15 @@ class HMCDataModule(pl.LightningDataModule):
         self.label_counts: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------- hierarchy
-    def _load_hierarchy(self, hierarchy: str | Hierarchy | None, default: str | None) -> Hierarchy:
+    def _resolve_hierarchy(
+        self, hierarchy: str | Hierarchy | None, default: str | None
+    ) -> Hierarchy:
         if isinstance(hierarchy, Hierarchy):
             return hierarchy
         if hierarchy is not None:
-            return load_hierarchy(hierarchy)
+            return resolve_hierarchy(hierarchy)
         if default is not None:
-            return load_hierarchy(default)
+            return resolve_hierarchy(default)
         if self.dataset_name == "nabirds":
             return NABirds.default_hierarchy(self.root)
         if self.dataset_name == "folder":

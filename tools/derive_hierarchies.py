@@ -23,8 +23,8 @@ from typing import Any
 
 import networkx as nx
 
-from hmc._hierarchy_io import format_tree
 from hmc.hierarchy import Hierarchy
+from hmc.hierarchy.io import format_tree
 
 GENERATED_BY = "hierarchies/_derive/derive_from_shared.py"
 SEMEMB = "cvjena/semantic-embeddings@0d4177422bafbba685fb6a0f976675864f31e09f"

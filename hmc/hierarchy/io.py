@@ -1,5 +1,9 @@
 """Reading and writing hierarchy files. Errors name the file and line.
 
+Readers return a validated ``nx.DiGraph`` whose ``graph.graph`` holds ``level_names`` and
+``metadata``; :meth:`hmc.hierarchy.Hierarchy.from_file` builds itself from it, so this module
+never imports the class.
+
 Formats (``format=`` names):
 
 - ``tree``: the hmc format of ``hierarchies/*.tree`` (see ``hierarchies/README.md``).
@@ -17,12 +21,14 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from hmc._hierarchy_base import _check_tree
-from hmc.hierarchy import VIRTUAL_ROOT, Hierarchy, HierarchyError
+from hmc.hierarchy.graph import VIRTUAL_ROOT, HierarchyError, _check_tree, graph_from_paths
+
+if TYPE_CHECKING:  # format_tree reads only the public accessors; io never builds a Hierarchy
+    from hmc.hierarchy.tree import Hierarchy
 
 FORMATS = ("tree", "edges", "paths", "json", "nabirds")
 MAGIC = "# hmc-hierarchy 1"
@@ -64,7 +70,9 @@ def guess_format(path: Path) -> str:
     )
 
 
-def read_hierarchy(path: str | Path, format: str | None = None) -> Hierarchy:
+def read_graph(path: str | Path, format: str | None = None) -> nx.DiGraph:
+    """The tree in a hierarchy file or NABirds folder, with ``graph.graph["level_names"]`` and
+    ``graph.graph["metadata"]``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"hierarchy file not found: {path}")
@@ -164,13 +172,13 @@ def format_tree(h: Hierarchy) -> str:
     return "\n".join(out) + "\n"
 
 
-def _read_tree(path: Path) -> Hierarchy:
+def _read_tree(path: Path) -> nx.DiGraph:
     text = path.read_text(encoding="utf-8")
     return parse_tree(text, source=str(path))
 
 
-def parse_tree(text: str, source: str = "<string>") -> Hierarchy:
-    """Parse hmc ``.tree`` text; errors say ``source:line``."""
+def parse_tree(text: str, source: str = "<string>") -> nx.DiGraph:
+    """Parse hmc ``.tree`` text into a validated graph; errors say ``source:line``."""
     metadata: dict[str, Any] = {}
     level_names = None
     graph = nx.DiGraph()
@@ -238,10 +246,13 @@ def parse_tree(text: str, source: str = "<string>") -> Hierarchy:
     if not defined:
         raise HierarchyError(f"{source}: no nodes")
     _check_tree(graph, where=source, lines=defined)
-    try:
-        return Hierarchy(graph, level_names=level_names, metadata=metadata)
-    except HierarchyError as e:
-        raise HierarchyError(f"{source}: {e}") from None
+    return _with_meta(graph, level_names, metadata)
+
+
+def _with_meta(graph: nx.DiGraph, level_names: Any, metadata: dict[str, Any]) -> nx.DiGraph:
+    graph.graph["level_names"] = level_names
+    graph.graph["metadata"] = metadata
+    return graph
 
 
 def _json(value: str, where: str) -> Any:
@@ -274,7 +285,7 @@ def _rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return header, rows
 
 
-def _read_edges(path: Path) -> Hierarchy:
+def _read_edges(path: Path) -> nx.DiGraph:
     header, rows = _rows(path)
     cols = [c.lower() for c in header]
     if cols[:2] != ["parent", "child"]:
@@ -301,10 +312,10 @@ def _read_edges(path: Path) -> Hierarchy:
         if "name" in cols:
             graph.nodes[child]["name"] = row[cols.index("name")]
     _check_tree(graph, where=str(path))
-    return Hierarchy(graph, metadata={"source": str(path.name)})
+    return _with_meta(graph, None, {"source": str(path.name)})
 
 
-def _read_paths(path: Path) -> Hierarchy:
+def _read_paths(path: Path) -> nx.DiGraph:
     header, rows = _rows(path)
     if any(not c for c in header):
         raise HierarchyError(f"{path}:1: empty column name in header {header}")
@@ -335,14 +346,13 @@ def _read_paths(path: Path) -> Hierarchy:
             seen.setdefault(node, (parent, lineno))
     depth = max(len(c) for _, c in paths)
     try:
-        return Hierarchy.from_paths(
-            [c for _, c in paths], level_names=header[:depth], metadata={"source": path.name}
-        )
+        graph = graph_from_paths([c for _, c in paths])
     except HierarchyError as e:
         raise HierarchyError(f"{path}: {e}") from None
+    return _with_meta(graph, header[:depth], {"source": path.name})
 
 
-def _read_json(path: Path) -> Hierarchy:
+def _read_json(path: Path) -> nx.DiGraph:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -355,13 +365,10 @@ def _read_json(path: Path) -> Hierarchy:
     except (KeyError, TypeError) as e:
         raise HierarchyError(f"{path}: malformed node-link JSON: missing {e}") from None
     graph.graph.setdefault("metadata", {"source": path.name})
-    try:
-        return Hierarchy.from_networkx(graph)
-    except HierarchyError as e:
-        raise HierarchyError(f"{path}: {e}") from None
+    return graph
 
 
-def _read_nabirds(path: Path) -> Hierarchy:
+def _read_nabirds(path: Path) -> nx.DiGraph:
     folder = path if path.is_dir() else path.parent
     classes_file, hierarchy_file = folder / "classes.txt", folder / "hierarchy.txt"
     for f in (classes_file, hierarchy_file):
@@ -407,4 +414,4 @@ def _read_nabirds(path: Path) -> Hierarchy:
         depth = max(nx.single_source_shortest_path_length(graph, roots[0]).values())
     levels = NABIRDS_LEVELS[:depth] if 0 < depth <= len(NABIRDS_LEVELS) else None
     meta = {"name": "nabirds", "source": f"NABirds {classes_file.name} + {hierarchy_file.name}"}
-    return Hierarchy(graph, level_names=levels, metadata=meta)
+    return _with_meta(graph, levels, meta)

@@ -7,7 +7,8 @@ import functools
 from importlib import resources
 from pathlib import Path
 
-from hmc.hierarchy import Hierarchy, HierarchyError
+from hmc.hierarchy.graph import HierarchyError
+from hmc.hierarchy.tree import Hierarchy
 
 __all__ = ["list_hierarchies", "load_hierarchy"]
 
@@ -27,15 +28,15 @@ def list_hierarchies() -> list[str]:
 @functools.cache
 def _load_shipped(name: str) -> Hierarchy:
     # Hierarchies are immutable, so one parsed copy (and its tensor cache) can be shared.
-    from hmc._hierarchy_io import parse_tree
-
     text = (_shipped_dir() / f"{name}.tree").read_text(encoding="utf-8")
-    return parse_tree(text, source=f"hierarchies/{name}.tree")
+    return Hierarchy.from_tree_text(text, source=f"hierarchies/{name}.tree")
 
 
 def load_hierarchy(name_or_path: str | Path | Hierarchy) -> Hierarchy:
-    """A shipped hierarchy by name (``"cub200"``), else a file or NABirds folder by path, or a
-    W&B artifact (``"wandb:entity/project/name:version"``).
+    """A shipped hierarchy by name (``"cub200"``), else a file or NABirds folder by path.
+
+    W&B artifacts (``"wandb:entity/project/name:version"``) resolve in the W&B layer:
+    :func:`hmc.training.artifacts.resolve_hierarchy`.
 
     A shipped name wins over a same-named file in the working directory (so a data folder
     called ``cub200`` does not shadow it); write ``./cub200`` to mean the path."""
@@ -48,9 +49,10 @@ def load_hierarchy(name_or_path: str | Path | Hierarchy) -> Hierarchy:
         )
     text = str(name_or_path)
     if text.startswith("wandb:"):
-        from hmc.wandb_utils import load_hierarchy_artifact
-
-        return load_hierarchy_artifact(text[len("wandb:") :])
+        raise HierarchyError(
+            f"{text!r} is a W&B artifact; resolve it with "
+            "hmc.training.artifacts.resolve_hierarchy (HMCModule, HMCDataModule and the CLI do)"
+        )
     names = list_hierarchies()
     if isinstance(name_or_path, str) and text in names:
         return _load_shipped(text)

@@ -18,14 +18,14 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from hmc._lit_callbacks import ResultsTable, RunCheckpoint, format_results
-from hmc._registry import load_hierarchy
 from hmc.decoding import decode as decode_scores
 from hmc.hierarchy import Hierarchy
 from hmc.losses import build_loss
 from hmc.metrics import HierarchicalMetrics, LevelConfusion
 from hmc.models import build_model
 from hmc.predict import CHECKPOINT_KEY, check_hierarchy, load_model, read_checkpoint
+from hmc.training.artifacts import resolve_hierarchy
+from hmc.training.checkpoint import ResultsTable, RunCheckpoint, format_results
 
 __all__ = [
     "DEFAULT_LOSS",
@@ -116,7 +116,7 @@ class HMCModule(pl.LightningModule):
         # Only plain values go to hyper_parameters (weights_only loading); the hierarchy
         # travels in checkpoint["hmc"] (see on_save_checkpoint).
         self.save_hyperparameters(ignore=["hierarchy"])
-        self.hierarchy: Hierarchy = load_hierarchy(hierarchy)
+        self.hierarchy: Hierarchy = resolve_hierarchy(hierarchy)
         self.model = build_model(
             backbone,
             self.hierarchy,
@@ -303,7 +303,7 @@ class HMCModule(pl.LightningModule):
         meta = checkpoint.get(CHECKPOINT_KEY)
         if meta is None:
             raise ValueError(
-                "the checkpoint has no 'hmc' entry; it was not written by hmc.lit.HMCModule"
+                "the checkpoint has no 'hmc' entry; it was not written by hmc.training.HMCModule"
             )
         check_hierarchy(Hierarchy.from_dict(meta["hierarchy"]), self.hierarchy, "the checkpoint")
 
@@ -341,7 +341,7 @@ class HMCModule(pl.LightningModule):
         stored = Hierarchy.from_dict(meta["hierarchy"])
         if hierarchy is not None:
             check_hierarchy(
-                stored, load_hierarchy(hierarchy), f"checkpoint {str(checkpoint_path)!r}"
+                stored, resolve_hierarchy(hierarchy), f"checkpoint {str(checkpoint_path)!r}"
             )
         kwargs["pretrained"] = False  # weights come from the checkpoint; never download
         kwargs.pop("pretrained_path", None)

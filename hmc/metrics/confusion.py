@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hmc._metrics_batch import MetricBatch
-from hmc._metrics_core import HierarchicalMetric
 from hmc.hierarchy import Hierarchy
+from hmc.metrics.batch import MetricBatch
+from hmc.metrics.levels import HierarchicalMetric
 
 __all__ = ["LevelConfusion"]
 

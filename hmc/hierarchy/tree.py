@@ -22,7 +22,8 @@ from typing import Any
 import networkx as nx
 import torch
 
-from hmc._hierarchy_base import (
+from hmc.hierarchy import io
+from hmc.hierarchy.graph import (
     VIRTUAL_ROOT,
     HierarchyError,
     HierarchyTensors,
@@ -165,17 +166,27 @@ class Hierarchy:
     @classmethod
     def from_file(cls, path: str | Path, format: str | None = None) -> Hierarchy:
         """Read a hierarchy file or NABirds folder. ``format`` is one of ``"tree"``, ``"edges"``,
-        ``"paths"``, ``"json"``, ``"nabirds"`` (see ``hmc._hierarchy_io``); by default it is
+        ``"paths"``, ``"json"``, ``"nabirds"`` (see ``hmc.hierarchy.io``); by default it is
         guessed from the file's name and first line."""
-        from hmc._hierarchy_io import read_hierarchy
+        graph = io.read_graph(path, format=format)
+        try:
+            return cls.from_networkx(graph)
+        except HierarchyError as e:
+            raise HierarchyError(f"{path}: {e}") from None
 
-        return read_hierarchy(path, format=format)
+    @classmethod
+    def from_tree_text(cls, text: str, source: str = "<string>") -> Hierarchy:
+        """Parse hmc ``.tree`` text (the format of ``hierarchies/*.tree``); errors say
+        ``source:line``."""
+        graph = io.parse_tree(text, source=source)
+        try:
+            return cls.from_networkx(graph)
+        except HierarchyError as e:
+            raise HierarchyError(f"{source}: {e}") from None
 
     def save(self, path: str | Path, format: str | None = None) -> None:
         """Write the hierarchy; ``.tree`` (the hmc format, default) or ``.json`` (node-link)."""
-        from hmc._hierarchy_io import write_hierarchy
-
-        write_hierarchy(self, path, format=format)
+        io.write_hierarchy(self, path, format=format)
 
     def to_networkx(self) -> nx.DiGraph:
         """A new DiGraph keyed by node id, root included, with ``name``, ``level`` and the

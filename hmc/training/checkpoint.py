@@ -1,6 +1,6 @@
 """Lightning callbacks of the training loop: resumable checkpoints and the results table.
 
-Re-exported by :mod:`hmc.lit` (configs use ``hmc.lit.RunCheckpoint`` / ``hmc.lit.ResultsTable``).
+Configs name them `hmc.training.RunCheckpoint` and `hmc.training.ResultsTable`.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from hmc._metrics_batch import MetricBatch
 from hmc.hierarchy import Hierarchy
+from hmc.metrics.batch import MetricBatch
 
 __all__ = [
     "Shared",
