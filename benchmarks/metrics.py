@@ -62,7 +62,7 @@ def make_data(h: Hierarchy, samples: int, seed: int, peaked: bool = False):
             rows = (col >= 0).nonzero().squeeze(1)
             logits[rows, col[rows] - sl.start] += 12
         probs[:, sl] = logits.softmax(1)
-    pred = h.paths[leaves[torch.randint(0, len(leaves), (samples,), generator=g)]]
+    pred = h.tensors().paths[leaves[torch.randint(0, len(leaves), (samples,), generator=g)]]
     pred[torch.rand(samples, generator=g) < 0.1, -1] = -1
     return probs, targets, pred
 

@@ -62,7 +62,7 @@ def test_levels_and_random_levels():
     rnd = relabel_targets(t, h, 1.0, to="random", seed=3)
     lv = h.tensors().levels[rnd]
     assert set(lv.tolist()) == {1, 2}  # both ancestor levels occur; species never stays
-    assert torch.equal(h.paths[t].gather(1, (lv - 1)[:, None]).flatten(), rnd)  # true ancestors
+    assert torch.equal(h.tensors().paths[t].gather(1, (lv - 1)[:, None]).flatten(), rnd)  # true ancestors
 
 
 def test_coarse_unlabelled_and_level_one_leaves_are_left_alone():
@@ -111,9 +111,9 @@ def test_relabel_properties(per_class, ratio, selection, seed):
     t = _targets(h, per_class)
     new = relabel_targets(t, h, ratio, "parent", selection, seed)
     moved = new != t
-    paths = h.paths
+    paths = h.tensors().paths
     # Every changed label is the parent; per class about ratio * n move (within float rounding).
-    assert torch.equal(new[moved], h.parent_index[t[moved]])
+    assert torch.equal(new[moved], h.tensors().parent[t[moved]])
     leaves = h.tensors().leaves
     for i, n in enumerate(per_class):
         k = int(moved[t == leaves[i]].sum())

@@ -249,9 +249,10 @@ def test_tensors_cached_per_device(h):
     assert h.tensors() is h.tensors("cpu") is h.tensors(torch.device("cpu"))
     assert h.tensors("meta") is h.tensors("meta")
     assert h.tensors("meta").paths.device.type == "meta"
-    assert torch.equal(h.paths, h.tensors().paths) and h.leaf_mask.sum() == 4
-    assert h.parent_index.tolist() == [-1, -1, 0, 0, 1, 2, 2, 4]
-    assert h.node_levels.tolist() == [1, 1, 2, 2, 2, 3, 3, 3]
+    t = h.tensors()
+    assert t.is_leaf.sum() == 4
+    assert t.parent.tolist() == [-1, -1, 0, 0, 1, 2, 2, 4]
+    assert t.levels.tolist() == [1, 1, 2, 2, 2, 3, 3, 3]
 
 
 def test_restrict(h):
@@ -273,6 +274,16 @@ def test_restrict(h):
         h.restrict(["pine"])
     with pytest.raises(HierarchyError, match="at least one"):
         h.restrict([])
+
+
+def test_map_targets_keeps_unlabelled_targets_negative(h):
+    r = h.restrict(["gull", "fish"])
+    targets = torch.tensor([5, -100, 3, 1, -1])  # gull, unlabelled, fish, plant (gone), unlabelled
+    assert h.map_targets(targets, r).tolist() == [3, -100, 2, -1, -1]
+    with pytest.raises(HierarchyError, match="integer tensor"):
+        h.map_targets(torch.tensor([0.0]), r)
+    with pytest.raises(HierarchyError, match="target 99 is not a column"):
+        h.map_targets(torch.tensor([99]), r)
 
 
 # ------------------------------------------------------------------- validation

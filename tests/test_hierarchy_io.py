@@ -259,6 +259,14 @@ def test_paths_errors(tmp_path):
     assert Hierarchy.from_file(shallow).level_names == ("a", "b")  # unused trailing columns
 
 
+def test_json_link_to_an_undeclared_node_is_an_error(tmp_path):
+    data = {"directed": True, "nodes": [{"id": "r"}, {"id": "a"}]}
+    data["links"] = [{"source": "r", "target": "a"}, {"source": "a", "target": "ghost"}]
+    path = write(tmp_path / "ghost.json", json.dumps(data))
+    with pytest.raises(HierarchyError, match=r"links\[1\] target 'ghost' is not a declared node"):
+        Hierarchy.from_file(path)
+
+
 def test_json_node_link(tmp_path):
     h = Hierarchy.from_tree_text(TOY_TREE)
     h.save(tmp_path / "toy.json")

@@ -360,6 +360,15 @@ def _read_json(path: Path) -> nx.DiGraph:
     if not isinstance(data, dict) or "nodes" not in data:
         raise HierarchyError(f"{path}: not networkx node-link JSON (no 'nodes' key)")
     key = "links" if "links" in data else "edges"
+    # networkx adds a node for any link end it has not seen; other formats reject those.
+    declared = {n.get("id") for n in data["nodes"] if isinstance(n, dict)}
+    for i, link in enumerate(data.get(key) or []):
+        for end in ("source", "target"):
+            if isinstance(link, dict) and end in link and link[end] not in declared:
+                raise HierarchyError(
+                    f"{path}: {key}[{i}] {end} {link[end]!r} is not a declared node "
+                    f"(not in 'nodes')"
+                )
     try:
         graph = nx.node_link_graph(data, directed=True, multigraph=False, edges=key)
     except (KeyError, TypeError) as e:
@@ -415,3 +424,27 @@ def _read_nabirds(path: Path) -> nx.DiGraph:
     levels = NABIRDS_LEVELS[:depth] if 0 < depth <= len(NABIRDS_LEVELS) else None
     meta = {"name": "nabirds", "source": f"NABirds {classes_file.name} + {hierarchy_file.name}"}
     return _with_meta(graph, levels, meta)
+
+
+# ------------------------------------------------------------------ outline (for people)
+def format_outline(h: Hierarchy, max_children: int = 8) -> str:
+    """A readable tree with counts per level: at most ``max_children`` children per node."""
+    lines = [repr(h)]
+    for k, v in h.metadata.items():
+        if k in ("source", "licence", "license", "description"):
+            lines.append(f"  {k}: {v}")
+
+    def walk(node: str, indent: int) -> None:
+        kids = h.children(node)
+        for c in kids[:max_children]:
+            tag = f"{h.level_names[h.level(c) - 1]}: "
+            name = h.name(c)
+            label = name if name == c else f"{name} [{c}]"
+            extra = f" ({len(h.children(c))})" if h.children(c) else ""
+            lines.append("  " * indent + f"- {tag}{label}{extra}")
+            walk(c, indent + 1)
+        if len(kids) > max_children:
+            lines.append("  " * indent + f"  ... {len(kids) - max_children} more")
+
+    walk(h.root, 1)
+    return "\n".join(lines)

@@ -365,7 +365,7 @@ class Hierarchy:
 
     def level_slice(self, level: int | str) -> slice:
         """Columns of one level, by number (1..D) or name."""
-        d = self._level_number(level)
+        d = self.level_number(level)
         offsets = self._level_offsets
         return slice(offsets[d - 1], offsets[d])
 
@@ -379,9 +379,6 @@ class Hierarchy:
 
     def level_number(self, level: int | str) -> int:
         """Level number 1..D of a level given by number or name; raises naming the levels."""
-        return self._level_number(level)
-
-    def _level_number(self, level: int | str) -> int:
         if isinstance(level, str):
             if level not in self._level_names:
                 raise HierarchyError(
@@ -437,26 +434,6 @@ class Hierarchy:
             [not self._children[x] for x in self._nodes],
         )
 
-    @property
-    def parent_index(self) -> torch.Tensor:
-        """[N] parent column of each node, -1 at level 1 (CPU)."""
-        return self.tensors().parent
-
-    @property
-    def paths(self) -> torch.Tensor:
-        """[N, D] ancestor columns per level, -1 padded (CPU)."""
-        return self.tensors().paths
-
-    @property
-    def node_levels(self) -> torch.Tensor:
-        """[N] level 1..D of each column (CPU)."""
-        return self.tensors().levels
-
-    @property
-    def leaf_mask(self) -> torch.Tensor:
-        """[N] bool, True at leaves (CPU)."""
-        return self.tensors().is_leaf
-
     def level_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """Per-level targets. targets: [B] columns (negative = unlabelled) -> [B, D] columns,
         -1 below a coarse label and everywhere for unlabelled samples."""
@@ -492,7 +469,7 @@ class Hierarchy:
         """The sub-tree spanned by ``nodes`` (ids or columns, at any depth) and their ancestors,
         e.g. ``cub200.restrict(species_in_my_data)``. With ``descendants=True`` the subtrees
         below ``nodes`` are kept too. Relative column order, names and attributes are kept;
-        trailing levels that end up empty are dropped. ``column_map`` translates targets."""
+        trailing levels that end up empty are dropped. :meth:`map_targets` translates targets."""
         keep: set[str] = set()
         for node in nodes:
             n = self._id(node)
@@ -515,9 +492,26 @@ class Hierarchy:
 
     def column_map(self, other: Hierarchy) -> torch.Tensor:
         """[N] column in ``other`` of each of this hierarchy's columns, -1 where the node is
-        not in ``other``. Translate targets with ``h.column_map(h2)[targets]`` (after
-        ``restrict``, or between two versions of a tree that share ids)."""
+        not in ``other``. To translate targets use :meth:`map_targets`, which keeps unlabelled
+        (negative) targets negative."""
         return torch.tensor([other._index.get(n, -1) for n in self._nodes], dtype=torch.long)
+
+    def map_targets(self, targets: torch.Tensor, other: Hierarchy) -> torch.Tensor:
+        """Targets [B] in this hierarchy's columns -> the same nodes' columns in ``other``.
+
+        Unlabelled targets (negative) keep their value (e.g. -100); a node missing from
+        ``other`` becomes -1 (unlabelled there). Works after :meth:`restrict`, or between two
+        versions of a tree that share ids."""
+        if targets.is_floating_point() or targets.dtype == torch.bool:
+            raise HierarchyError(
+                f"Expected `targets` to be an integer tensor of columns, got {targets.dtype}"
+            )
+        if targets.numel() and int(targets.max()) >= self.num_nodes:
+            raise HierarchyError(
+                f"target {int(targets.max())} is not a column of {self!r} (N={self.num_nodes})"
+            )
+        mapped = self.column_map(other).to(targets.device)[targets.clamp_min(0)]
+        return torch.where(targets < 0, targets, mapped)
 
     def fingerprint(self) -> str:
         """sha256 of the structure and column order (not of names or attributes)."""
@@ -553,21 +547,4 @@ class Hierarchy:
 
     def describe(self, max_children: int = 8) -> str:
         """A readable tree with counts per level (what ``hmc hierarchy show`` prints)."""
-        lines = [repr(self)]
-        for k, v in self._metadata.items():
-            if k in ("source", "licence", "license", "description"):
-                lines.append(f"  {k}: {v}")
-
-        def walk(node: str, indent: int) -> None:
-            kids = self._children[node]
-            for c in kids[:max_children]:
-                tag = f"{self._level_names[self._depth[c] - 1]}: "
-                label = self._names[c] if self._names[c] == c else f"{self._names[c]} [{c}]"
-                extra = f" ({len(self._children[c])})" if self._children[c] else ""
-                lines.append("  " * indent + f"- {tag}{label}{extra}")
-                walk(c, indent + 1)
-            if len(kids) > max_children:
-                lines.append("  " * indent + f"  ... {len(kids) - max_children} more")
-
-        walk(self._root, 1)
-        return "\n".join(lines)
+        return io.format_outline(self, max_children=max_children)

@@ -121,7 +121,7 @@ class LevelConfusion(HierarchicalMetric):
     def confusion_matrix(self, level: int | str) -> Tensor:
         """[n, n + 1] counts of a dense level (rows true, columns predicted, last column: no
         prediction at this level), in the level's column order. Synced across processes."""
-        d = self.hierarchy._level_number(level)
+        d = self.hierarchy.level_number(level)
         if not self.dense_levels[d - 1]:
             raise ValueError(
                 f"level {self.hierarchy.level_names[d - 1]!r} has more than max_dense="
