@@ -2,8 +2,8 @@
 
 Not part of the package (never imported, never installed). Run from the repository root:
 
-    .venv/bin/python hierarchies/_derive/derive_from_shared.py --shared ../shared
-    .venv/bin/python hierarchies/_derive/derive_from_shared.py --shared ../shared --check
+    .venv/bin/python tools/derive_hierarchies.py --shared ../shared
+    .venv/bin/python tools/derive_hierarchies.py --shared ../shared --check
 
 ``--check`` regenerates in memory and fails if a shipped file differs. Every fact that is not
 read from ``--shared`` (English bird names' punctuation, FGVC-Aircraft family/manufacturer
@@ -26,12 +26,12 @@ import networkx as nx
 from hmc.hierarchy import Hierarchy
 from hmc.hierarchy.io import format_tree
 
-GENERATED_BY = "hierarchies/_derive/derive_from_shared.py"
+GENERATED_BY = "tools/derive_hierarchies.py"
 SEMEMB = "cvjena/semantic-embeddings@0d4177422bafbba685fb6a0f976675864f31e09f"
 HRN = "MonsterZhZh/HRN (Apache-2.0)"
 HRN_CITE = (
-    "Chen, Wang, Xie, Li, Wang, Hierarchical Multi-Granularity Classification Based on "
-    "Residual Learning, CVPR 2022"
+    "Chen, Wang, Liu, Qian, Label Relation Graphs Enhanced Hierarchical Residual Network for "
+    "Hierarchical Multi-Granularity Classification, CVPR 2022 (arXiv:2201.03194)"
 )
 
 
@@ -776,7 +776,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", type=Path, required=True, help="path of the shared folder")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parent.parent, help="output folder"
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "hierarchies",
+        help="output folder",
     )
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args(argv)
