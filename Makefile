@@ -1,4 +1,4 @@
-# make test: set up .venv (pip, torch 2.14.1 / torchvision 0.29.1 from this machine's disk) and run ruff + pytest.
+# make test: set up .venv (pip, torch 2.14.1 / torchvision 0.29.1 from this machine's disk) and run ruff, the strict docs build and pytest.
 # make demo: set up, fetch Fashion-MNIST offline (Debian package) and run the main job.
 PYTHON ?= python3
 VENV   := .venv
@@ -6,14 +6,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hmc-installed
 export HF_HUB_OFFLINE := 1
 export WANDB_SILENT := true
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install test lint format demo clean
+.PHONY: install test lint format docs docs-serve demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,7 +27,16 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+# make docs: build the documentation site into build/site; --strict turns a broken link, a
+# missing page or an unparsable docstring into an error (part of make test, so CI fails on it).
+docs: install
+	$(BIN)/mkdocs build --strict --quiet
+
+# make docs-serve: the site on http://127.0.0.1:8000, rebuilt on every edit.
+docs-serve: install
+	$(BIN)/mkdocs serve
+
+test: lint docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
 
 # make demo: Fashion-MNIST from the Debian package (installed when apt-get is available; else
