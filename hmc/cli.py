@@ -112,6 +112,7 @@ def __getattr__(name: str) -> Any:
 
 # ------------------------------------------------------------------------ LightningCLI
 def _cli_class():
+    from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.cli import LightningCLI
 
     class HMCLightningCLI(LightningCLI):
@@ -119,6 +120,9 @@ def _cli_class():
 
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("data.hierarchy", "model.hierarchy", apply_on="instantiate")
+            # Lightning's ModelCheckpoint under its own `checkpoint:` key, so a recipe sets its
+            # `checkpoint.dirpath` and configs/base.yaml the rest (configs merge by key).
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
 
         @staticmethod
         def subcommands() -> dict[str, set[str]]:
@@ -191,6 +195,8 @@ def hierarchy_main(argv: Sequence[str]) -> int:
 
 # ------------------------------------------------------------------------------ predict
 def _predict_parser() -> ArgumentParser:
+    from hmc.decoding import DECODERS
+
     parser = _HintParser(
         prog="hmc predict",
         description=(
@@ -217,9 +223,15 @@ def _predict_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--decoder",
-        type=Literal["argmax", "marginal", "map", "threshold"] | None,
+        type=str | None,
         default=None,
-        help="default: the checkpoint's",
+        help=f"one of {list(DECODERS)}; default: the checkpoint's",
+    )
+    parser.add_argument(
+        "--decoder_kwargs",
+        type=dict | None,
+        default=None,
+        help="the decoder's options, e.g. '{threshold: 0.7}'; default: the checkpoint's",
     )
     parser.add_argument("--hierarchy", type=str | None, default=None, help="check it matches")
     parser.add_argument("--device", type=str, default="cpu")
@@ -237,8 +249,14 @@ def predict_main(argv: Sequence[str]) -> int:
         print("error: give images with --data.predict_paths '[a.jpg, folder/]'", file=sys.stderr)
         return 2
     try:
-        predictor = load_model(cfg.ckpt_path, hierarchy=cfg.hierarchy, device=cfg.device)
-        rows = predictor.predict_files(paths, batch_size=cfg.data.batch_size, method=cfg.decoder)
+        predictor = load_model(
+            cfg.ckpt_path,
+            hierarchy=cfg.hierarchy,
+            device=cfg.device,
+            decoder=cfg.decoder,
+            decoder_kwargs=cfg.decoder_kwargs,
+        )
+        rows = predictor.predict_files(paths, batch_size=cfg.data.batch_size)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

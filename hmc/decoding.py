@@ -1,40 +1,56 @@
-"""Node probabilities and decoders for every head kind.
+"""Node probabilities and decoders for every head's score kind.
 
-Head kinds (``score_kind`` of a head):
+Score kinds (``score_kind`` of a head, :data:`SCORE_KINDS`):
 
 - ``"states"``: HRN scores of the combinatorial state distribution (``scores="sigmoid"`` applies
   a sigmoid first, as the paper does). P(v) is the marginal probability that v lies on the
   state's path (:func:`node_marginals`).
 - ``"level_logits"``: one softmax per level; P(v) is v's softmax probability in its level.
-- ``"leaf_log_probs"``: node_scores are already log P(v) (:func:`leaf_log_marginals`).
+- ``"leaf_log_probs"``: node_scores are already log P(v) (the LeafHead marginalises its leaf
+  softmax, :func:`hmc.models.leaf_log_marginals`).
 
-Decoders return :class:`Decoded`: one column per level (-1 below an early stop), the
-probability of each chosen node, and the [B, N] node probabilities.
+Decoders (:data:`DECODERS`) turn a head's output into :class:`Decoded`: one column per level
+(-1 below an early stop), the probability of each chosen node, and the [B, N] node
+probabilities. Every entry point takes the head's output (a :class:`hmc.models.HeadOutput`, or
+its ``node_scores`` tensor alone), so a decoder that needs more than the node scores (e.g. the
+leaf logits) can be added without changing a caller.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hmc.checks import check_choice, check_node_scores
 from hmc.hierarchy import Hierarchy
 from hmc.sweeps import log_conditionals, marginals_from_log_conditionals, path_sums, state_plan
 
 __all__ = [
+    "DECODERS",
+    "DECODER_OPTIONS",
+    "SCORES",
+    "SCORE_KINDS",
     "Decoded",
-    "KINDS",
-    "METHODS",
+    "check_decoder",
     "decode",
-    "leaf_log_marginals",
     "node_marginals",
     "node_probabilities",
 ]
 
-KINDS = ("states", "level_logits", "leaf_log_probs")
-METHODS = ("argmax", "marginal", "map", "threshold")
+SCORE_KINDS = ("states", "level_logits", "leaf_log_probs")
+SCORES = ("sigmoid", "logits")
+# Each decoder's options (``decoder_kwargs``) and their defaults.
+DECODER_OPTIONS: dict[str, dict[str, Any]] = {
+    "argmax": {},
+    "marginal": {},
+    "map": {},
+    "threshold": {"threshold": 0.5},
+}
+DECODERS = tuple(DECODER_OPTIONS)
 
 
 class Decoded(NamedTuple):
@@ -47,91 +63,79 @@ class Decoded(NamedTuple):
     node_probs: Tensor
 
 
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
+def check_decoder(decoder: str, decoder_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check a decoder name and its options; return the options with their defaults filled in
+    (e.g. ``check_decoder("threshold") == {"threshold": 0.5}``)."""
+    check_choice("decoder", decoder, DECODERS)
+    allowed = DECODER_OPTIONS[decoder]
+    given = dict(decoder_kwargs or {})
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
         raise ValueError(
-            f"Expected argument `{name}` to be one of {list(choices)}, but got {value!r}"
+            f"Expected `decoder_kwargs` of decoder {decoder!r} to be among {sorted(allowed)}, "
+            f"but got {unknown}"
         )
+    return {**allowed, **given}
 
 
-def _check_scores(h: Hierarchy, node_scores: Tensor) -> Tensor:
-    if node_scores.ndim != 2 or node_scores.shape[1] != h.num_nodes:
-        raise ValueError(
-            f"Expected `node_scores` of shape [B, {h.num_nodes}] (one column per node of "
-            f"{h!r}), but got {list(node_scores.shape)}"
+def _node_scores(hierarchy: Hierarchy, output: Any) -> Tensor:
+    """The [B, N] node scores of a head's output (a HeadOutput or the tensor itself)."""
+    scores = output if isinstance(output, Tensor) else getattr(output, "node_scores", None)
+    if not isinstance(scores, Tensor):
+        raise TypeError(
+            "Expected `output` to be a head's output (with `.node_scores`) or a [B, N] tensor, "
+            f"but got {type(output).__name__}"
         )
-    return (
-        node_scores.float() if node_scores.dtype in (torch.float16, torch.bfloat16) else node_scores
-    )
+    return check_node_scores(hierarchy, scores)
 
 
-def node_marginals(h: Hierarchy, node_scores: Tensor, scores: str = "sigmoid") -> Tensor:
+def node_marginals(hierarchy: Hierarchy, output: Any, scores: str = "sigmoid") -> Tensor:
     """[B, N] probability, under the combinatorial state distribution, that each node lies on
     the state's path. Exact, O(B x N), differentiable. Along any path the marginals do not
     increase; the level-d marginals sum to P(the state's path reaches level d) <= 1.
 
-    node_scores: [B, N] HRN scores; ``scores="sigmoid"`` applies a sigmoid first.
+    output: an HRN head's output, or its [B, N] node scores; ``scores="sigmoid"`` applies a
+    sigmoid first.
     """
-    _check_choice("scores", scores, ("sigmoid", "logits"))
-    s = _check_scores(h, node_scores)
+    check_choice("scores", scores, SCORES)
+    s = _node_scores(hierarchy, output)
     if scores == "sigmoid":
         s = torch.sigmoid(s)
-    plan = state_plan(h, s.device)
+    plan = state_plan(hierarchy, s.device)
     with torch.autocast(s.device.type, enabled=False):
         marg = marginals_from_log_conditionals(plan, log_conditionals(plan, s.t().contiguous()))
     return marg.t().contiguous()
 
 
-def leaf_log_marginals(h: Hierarchy, leaf_logits: Tensor) -> Tensor:
-    """[B, N] log P(v) = logsumexp of the leaf log-softmax over the leaves below v.
-
-    leaf_logits: [B, L], column j = leaf column ``h.tensors().leaves[j]``. Vectorised as one
-    scatter over the (leaf, ancestor) pairs of ``h.tensors().paths``; differentiable; a leaf's
-    column is exactly its log-softmax. Half inputs are computed in float32.
-    """
-    t = h.tensors(leaf_logits.device)
-    n_leaves = t.leaves.numel()
-    if leaf_logits.ndim != 2 or leaf_logits.shape[1] != n_leaves:
-        raise ValueError(
-            f"Expected `leaf_logits` of shape [B, {n_leaves}] (one column per leaf of {h!r}), "
-            f"but got {list(leaf_logits.shape)}"
-        )
-    x = leaf_logits.float() if leaf_logits.dtype in (torch.float16, torch.bfloat16) else leaf_logits
-    with torch.autocast(x.device.type, enabled=False):
-        lp_t = F.log_softmax(x, 1).t()  # [L, B]
-        anc = t.paths[t.leaves]  # [L, D]: each leaf's ancestors (itself included)
-        valid = anc >= 0
-        node = anc[valid]  # [P] ancestor column of each (leaf, ancestor) pair
-        src = torch.arange(n_leaves, device=x.device)[:, None].expand_as(anc)[valid]  # [P]
-        vals = lp_t.index_select(0, src)  # [P, B]
-        # Exact per-node max (node-major scatters are fast); detached, the result is independent.
-        m = vals.new_full((h.num_nodes, vals.shape[1]), -torch.inf)
-        m = m.scatter_reduce_(0, node[:, None].expand_as(vals), vals.detach(), "amax")
-        tot = torch.zeros_like(m).index_add(0, node, torch.exp(vals - m.index_select(0, node)))
-        out = m + torch.log(tot)
-    return out.t().contiguous()
-
-
 def node_probabilities(
-    h: Hierarchy, node_scores: Tensor, kind: str = "states", scores: str = "sigmoid"
+    hierarchy: Hierarchy, output: Any, score_kind: str = "states", scores: str = "sigmoid"
 ) -> Tensor:
-    """[B, N] probability of each node for a head of ``kind`` (see the module docstring).
-    For "states" these are :func:`node_marginals`; for "level_logits" a softmax per level; for
-    "leaf_log_probs" ``exp(node_scores)``."""
-    _check_choice("kind", kind, KINDS)
-    s = _check_scores(h, node_scores)
-    if kind == "states":
-        return node_marginals(h, s, scores=scores)
-    if kind == "leaf_log_probs":
+    """[B, N] probability of each node for a head of ``score_kind`` (see the module
+    docstring). For "states" these are :func:`node_marginals`; for "level_logits" a softmax
+    per level; for "leaf_log_probs" ``exp(node_scores)``. ``scores`` matters for "states" only.
+    """
+    check_choice("score_kind", score_kind, SCORE_KINDS)
+    s = _node_scores(hierarchy, output)
+    if score_kind == "states":
+        return node_marginals(hierarchy, s, scores=scores)
+    if score_kind == "leaf_log_probs":
         return s.exp()
-    return torch.cat(
-        [torch.softmax(s[:, h.level_slice(d)], 1) for d in range(1, h.num_levels + 1)], 1
-    )
+    levels = range(1, hierarchy.num_levels + 1)
+    return torch.cat([torch.softmax(s[:, hierarchy.level_slice(d)], 1) for d in levels], 1)
 
 
-def _greedy(h: Hierarchy, probs: Tensor) -> Tensor:
-    """[B, D] top-down path: the most probable level-1 node, then the most probable child of
-    the previous choice; -1 below a leaf."""
+# ------------------------------------------------------------------------------ decoders
+# Each decoder: (hierarchy, node scores [B, N], node probabilities [B, N], score_kind, scores,
+# **its options) -> nodes [B, D] (-1 below an early stop).
+def _argmax(h: Hierarchy, s: Tensor, probs: Tensor, score_kind: str, scores: str) -> Tensor:
+    ranked = s if score_kind == "states" else probs
+    levels = [h.level_slice(d) for d in range(1, h.num_levels + 1)]
+    return torch.stack([ranked[:, sl].argmax(1) + sl.start for sl in levels], 1)
+
+
+def _greedy(h: Hierarchy, s: Tensor, probs: Tensor, score_kind: str, scores: str) -> Tensor:
+    """Top-down path: the most probable level-1 node, then the most probable child of the
+    previous choice; -1 below a leaf."""
     plan = state_plan(h, probs.device)
     b = probs.shape[0]
     out = torch.full((b, h.num_levels), -1, dtype=torch.long, device=probs.device)
@@ -150,36 +154,52 @@ def _greedy(h: Hierarchy, probs: Tensor) -> Tensor:
     return out
 
 
-def _map_path(h: Hierarchy, s: Tensor, kind: str, scores: str) -> Tensor:
-    """[B, D] the complete path (level 1 to a leaf, leaves at any depth) of highest score."""
+def _map_path(h: Hierarchy, s: Tensor, probs: Tensor, score_kind: str, scores: str) -> Tensor:
+    """The complete path (level 1 to a leaf, leaves at any depth) of highest score."""
     plan = state_plan(h, s.device)
-    if kind == "leaf_log_probs":
+    if score_kind == "leaf_log_probs":
         path_score = s  # log P(leaf) is the probability of its complete path
     else:
-        if kind == "states":
+        if score_kind == "states":
             w = torch.sigmoid(s) if scores == "sigmoid" else s
         else:
-            w = torch.cat(
-                [F.log_softmax(s[:, h.level_slice(d)], 1) for d in range(1, h.num_levels + 1)], 1
-            )
+            levels = range(1, h.num_levels + 1)
+            w = torch.cat([F.log_softmax(s[:, h.level_slice(d)], 1) for d in levels], 1)
         path_score = path_sums(plan, w.t().contiguous()).t()
     leaves = plan.is_leaf.nonzero().flatten()
     best = leaves[path_score[:, leaves].argmax(1)]  # [B]
     return plan.paths[best]
 
 
-def decode(
-    h: Hierarchy,
-    node_scores: Tensor,
-    method: str = "argmax",
-    *,
-    kind: str = "states",
-    scores: str = "sigmoid",
-    threshold: float = 0.5,
-) -> Decoded:
-    """Decode [B, N] node scores of a head of ``kind`` into one node per level.
+def _threshold(
+    h: Hierarchy, s: Tensor, probs: Tensor, score_kind: str, scores: str, threshold: float
+) -> Tensor:
+    nodes = _greedy(h, s, probs, score_kind, scores)
+    chosen = probs.gather(1, nodes.clamp_min(0))
+    keep = (chosen >= threshold).long().cumprod(1).bool() & (nodes >= 0)
+    return torch.where(keep, nodes, torch.full_like(nodes, -1))
 
-    Methods (P = :func:`node_probabilities`):
+
+_DECODER_FNS: dict[str, Callable[..., Tensor]] = {
+    "argmax": _argmax,
+    "marginal": _greedy,
+    "map": _map_path,
+    "threshold": _threshold,
+}
+
+
+def decode(
+    hierarchy: Hierarchy,
+    output: Any,
+    decoder: str = "argmax",
+    *,
+    score_kind: str = "states",
+    scores: str = "sigmoid",
+    **decoder_kwargs: Any,
+) -> Decoded:
+    """Decode a head's output (or its [B, N] node scores) into one node per level.
+
+    Decoders (P = :func:`node_probabilities`):
 
     - ``"argmax"``: independent argmax in each level, the HRN paper's evaluation. For "states"
       it is the argmax of the raw scores (as the paper; the sigmoid keeps the order), for the
@@ -196,34 +216,20 @@ def decode(
       P(leaf)). "level_logits": the path maximising the sum over its levels of the per-level
       log-softmax (a product of independent per-level factors, renormalised over complete
       paths; a shallower leaf has fewer factors).
-    - ``"threshold"``: the "marginal" path cut just above its first node with P < threshold
-      ("a warbler, species unsure"). For "states" and "leaf_log_probs" P never increases down
-      a path, and for threshold > 0.5 this is exactly the deepest node with P >= threshold.
+    - ``"threshold"`` (option ``threshold=0.5``): the "marginal" path cut just above its first
+      node with P < threshold ("a warbler, species unsure"). For "states" and
+      "leaf_log_probs" P never increases down a path, and for threshold > 0.5 this is exactly
+      the deepest node with P >= threshold.
 
-    ``probs`` holds P of each chosen node (0 below a stop).
+    ``decoder_kwargs`` are the decoder's options (:data:`DECODER_OPTIONS`). ``probs`` holds P
+    of each chosen node (0 below a stop).
     """
-    _check_choice("method", method, METHODS)
-    _check_choice("kind", kind, KINDS)
-    _check_choice("scores", scores, ("sigmoid", "logits"))
-    s = _check_scores(h, node_scores)
+    options = check_decoder(decoder, decoder_kwargs)
+    check_choice("score_kind", score_kind, SCORE_KINDS)
+    check_choice("scores", scores, SCORES)
+    s = _node_scores(hierarchy, output)
     with torch.no_grad():
-        probs = node_probabilities(h, s, kind=kind, scores=scores)
-        if method == "argmax":
-            ranked = s if kind == "states" else probs
-            nodes = torch.stack(
-                [
-                    ranked[:, h.level_slice(d)].argmax(1) + h.level_slice(d).start
-                    for d in range(1, h.num_levels + 1)
-                ],
-                1,
-            )
-        elif method == "map":
-            nodes = _map_path(h, s, kind, scores)
-        else:
-            nodes = _greedy(h, probs)
+        probs = node_probabilities(hierarchy, s, score_kind=score_kind, scores=scores)
+        nodes = _DECODER_FNS[decoder](hierarchy, s, probs, score_kind, scores, **options)
         chosen = torch.where(nodes >= 0, probs.gather(1, nodes.clamp_min(0)), 0.0)
-        if method == "threshold":
-            keep = (chosen >= threshold).long().cumprod(1).bool() & (nodes >= 0)
-            nodes = torch.where(keep, nodes, torch.full_like(nodes, -1))
-            chosen = torch.where(keep, chosen, torch.zeros_like(chosen))
     return Decoded(nodes, chosen, probs)

@@ -5,7 +5,8 @@ unlabelled).
 - :class:`HRNLoss`: the paper's total loss, combinatorial loss + cross-entropy of a leaf head.
 - :class:`PerLevelCrossEntropy`: one softmax per level ("level_logits" heads).
 - :class:`LeafMarginalLoss`: leaf softmax, coarse labels by marginalisation ("leaf_log_probs").
-- :func:`build_loss` by name.
+- :func:`build_loss` by name. The names are the head names they fit (:data:`LOSSES`: "hrn",
+  "flat", "leaf"; each head's ``default_loss``), plus "combinatorial" (HRN without the leaf term).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hmc.checks import check_choice, check_node_scores, upcast_half
 from hmc.hierarchy import Hierarchy
 from hmc.sweeps import CombinatorialNLL, state_plan
 
@@ -33,28 +35,12 @@ _REDUCTIONS = ("mean", "sum", "none")
 _SCORES = ("sigmoid", "logits")
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(
-            f"Expected argument `{name}` to be one of {list(choices)}, but got {value!r}"
-        )
-
-
-def _as_float(x: Tensor) -> Tensor:
-    """Half inputs (autocast outputs) are computed in float32; float32/float64 stay as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def _labelled(
     h: Hierarchy, node_scores: Tensor, targets: Tensor, ignore_index: int
 ) -> tuple[Tensor, Tensor]:
     """Validate shapes and labels. Returns (mask [B] bool of labelled samples, targets with
     unlabelled entries replaced by a valid column)."""
-    if node_scores.ndim != 2 or node_scores.shape[1] != h.num_nodes:
-        raise ValueError(
-            f"Expected `node_scores` of shape [B, {h.num_nodes}] (one column per node of "
-            f"{h!r}), but got {list(node_scores.shape)}"
-        )
+    check_node_scores(h, node_scores)
     if targets.ndim != 1 or targets.shape[0] != node_scores.shape[0]:
         raise ValueError(
             f"Expected `targets` of shape [{node_scores.shape[0]}] (one node column per sample), "
@@ -118,8 +104,8 @@ class CombinatorialLoss(nn.Module):
         ignore_index: int = -100,
     ) -> None:
         super().__init__()
-        _check_choice("scores", scores, _SCORES)
-        _check_choice("reduction", reduction, _REDUCTIONS)
+        check_choice("scores", scores, _SCORES)
+        check_choice("reduction", reduction, _REDUCTIONS)
         self.hierarchy = hierarchy
         self.scores = scores
         self.reduction = reduction
@@ -127,7 +113,7 @@ class CombinatorialLoss(nn.Module):
 
     def forward(self, node_scores: Tensor, targets: Tensor, leaf_logits: Tensor | None = None):
         mask, t = _labelled(self.hierarchy, node_scores, targets, self.ignore_index)
-        x = _as_float(node_scores)
+        x = upcast_half(node_scores)
         plan = state_plan(self.hierarchy, x.device)
         per_sample = CombinatorialNLL.apply(x, t, plan, self.scores == "sigmoid")
         return _reduce(per_sample, mask, self.reduction)
@@ -217,7 +203,7 @@ class HRNLoss(nn.Module):
             mask, t = _labelled(self.hierarchy, node_scores, targets, self.ignore_index)
             leaf_t = self.leaf_position.to(t.device)[t]
             mask = mask & (leaf_t >= 0)
-            ce = F.cross_entropy(_as_float(leaf_logits), leaf_t.clamp_min(0), reduction="none")
+            ce = F.cross_entropy(upcast_half(leaf_logits), leaf_t.clamp_min(0), reduction="none")
             leaf_ce = _reduce(ce, mask, self.reduction)
         total = self.combinatorial_weight * comb + self.leaf_weight * leaf_ce
         return {"combinatorial": comb, "leaf_ce": leaf_ce, "total": total}
@@ -236,7 +222,7 @@ class _BaselineLoss(nn.Module):
         self, hierarchy: Hierarchy, reduction: str = "mean", ignore_index: int = -100
     ) -> None:
         super().__init__()
-        _check_choice("reduction", reduction, _REDUCTIONS)
+        check_choice("reduction", reduction, _REDUCTIONS)
         self.hierarchy = hierarchy
         self.reduction = reduction
         self.ignore_index = ignore_index
@@ -251,7 +237,7 @@ class PerLevelCrossEntropy(_BaselineLoss):
     def forward(self, node_scores: Tensor, targets: Tensor, leaf_logits: Tensor | None = None):
         h = self.hierarchy
         mask, t = _labelled(h, node_scores, targets, self.ignore_index)
-        s = _as_float(node_scores)
+        s = upcast_half(node_scores)
         level_t = h.level_targets(torch.where(mask, t, torch.full_like(t, -1)))  # [B, D]
         per_sample = s.new_zeros(s.shape[0])
         for d in range(1, h.num_levels + 1):
@@ -267,24 +253,27 @@ class LeafMarginalLoss(_BaselineLoss):
     """Baseline for "leaf_log_probs" heads (one softmax over the leaves): the negative log
     probability of the label, where a coarse label's probability is the sum of its leaves'.
 
-    ``node_scores`` must already be log P(node) (see :func:`hmc.decoding.leaf_log_marginals`,
+    ``node_scores`` must already be log P(node) (see :func:`hmc.models.leaf_log_marginals`,
     which the LeafHead applies), so the loss is ``-node_scores[b, target[b]]``."""
 
     def forward(self, node_scores: Tensor, targets: Tensor, leaf_logits: Tensor | None = None):
         mask, t = _labelled(self.hierarchy, node_scores, targets, self.ignore_index)
-        per_sample = -_as_float(node_scores).gather(1, t[:, None]).squeeze(1)
+        per_sample = -upcast_half(node_scores).gather(1, t[:, None]).squeeze(1)
         return _reduce(per_sample, mask, self.reduction)
 
 
+# Named after the heads they fit (a head's ``default_loss``), plus "combinatorial".
 LOSSES: dict[str, type[nn.Module]] = {
     "hrn": HRNLoss,
     "combinatorial": CombinatorialLoss,
-    "per_level_ce": PerLevelCrossEntropy,
-    "leaf_marginal": LeafMarginalLoss,
+    "flat": PerLevelCrossEntropy,
+    "leaf": LeafMarginalLoss,
 }
 
 
-def build_loss(name: str, hierarchy: Hierarchy, **kwargs: Any) -> nn.Module:
-    """A loss by name: "hrn", "combinatorial", "per_level_ce" or "leaf_marginal"."""
-    _check_choice("name", name, tuple(LOSSES))
-    return LOSSES[name](hierarchy, **kwargs)
+def build_loss(hierarchy: Hierarchy, name: str, **loss_kwargs: Any) -> nn.Module:
+    """A loss by name (:data:`LOSSES`): "hrn" (:class:`HRNLoss`), "combinatorial"
+    (:class:`CombinatorialLoss`), "flat" (:class:`PerLevelCrossEntropy`) or "leaf"
+    (:class:`LeafMarginalLoss`); ``loss_kwargs`` go to its constructor."""
+    check_choice("loss", name, LOSSES)
+    return LOSSES[name](hierarchy, **loss_kwargs)

@@ -1,9 +1,12 @@
 """Predict from a checkpoint alone: :func:`load_model` and the :class:`Predictor` it returns.
 
 Plain PyTorch (no Lightning import): a checkpoint written by :class:`hmc.training.HMCModule` carries
-``checkpoint["hmc"] = {"hierarchy", "model_config", "decoder", "transform", ...}``, so the model,
-its label tree, the decoder and the evaluation transform are rebuilt from that one file, loaded
-with ``torch.load(weights_only=True)``. ``hmc predict`` (see :mod:`hmc.cli`) is built on this.
+``checkpoint["hmc"]`` (:data:`CHECKPOINT_FORMAT`): ``hierarchy``, ``model_config``, ``score_kind``,
+``scores``, ``decoder``, ``decoder_kwargs``, ``loss``, ``loss_kwargs`` and ``transform`` (the
+keyword arguments of :func:`hmc.data.transforms.build_transforms` for evaluation). The model, its
+label tree, the decoder with its options and the evaluation transform are rebuilt from that one
+file, loaded with ``torch.load(weights_only=True)``. ``hmc predict`` (see :mod:`hmc.cli`) is built
+on this.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hmc.checks import check_choice
+from hmc.decoding import SCORES, Decoded, check_decoder, decode
 from hmc.hierarchy import Hierarchy, HierarchyError
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "CHECKPOINT_KEY",
-    "IMAGE_SUFFIXES",
     "HierarchyMismatchError",
     "Predictor",
     "check_hierarchy",
@@ -34,7 +39,7 @@ __all__ = [
 ]
 
 CHECKPOINT_KEY = "hmc"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+CHECKPOINT_FORMAT = "hmc-checkpoint/2"
 
 
 class HierarchyMismatchError(HierarchyError):
@@ -70,37 +75,58 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{str(path)!r} is not an hmc checkpoint: it has no {CHECKPOINT_KEY!r} entry "
             "(write checkpoints with hmc.training.HMCModule, e.g. `hmc fit`)"
         )
+    fmt = ckpt[CHECKPOINT_KEY].get("format")
+    if fmt != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"checkpoint {str(path)!r} has format {fmt!r}, but this hmc reads "
+            f"{CHECKPOINT_FORMAT!r} (its decoder keys and head layout changed); retrain, or load "
+            "it with the hmc version that wrote it"
+        )
     return ckpt
 
 
 class Predictor:
-    """A model in eval mode with its hierarchy, decoder and evaluation transform.
+    """A model in eval mode with its decoder (and options) and evaluation transform.
 
     ``predictor(images)`` takes a [B, 3, H, W] float batch (already transformed) and returns
     :class:`hmc.decoding.Decoded`; :meth:`predict_files` reads image files and returns one
-    row (dict) per image.
+    row (dict) per image. The hierarchy is the model's (``model.hierarchy``).
+
+    Args:
+        model: a :class:`hmc.models.HierarchicalClassifier`.
+        decoder: a name in :data:`hmc.decoding.DECODERS`; decoder_kwargs: its options
+            (e.g. ``{"threshold": 0.7}``).
+        scores: ``"sigmoid"`` | ``"logits"``, how an HRN head's scores were trained (ignored
+            for other score kinds).
+        transform: image -> [3, H, W] tensor, for :meth:`predict_files`; transform_config:
+            the settings it was built from (for display).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        hierarchy: Hierarchy,
         *,
         decoder: str = "argmax",
+        decoder_kwargs: dict[str, Any] | None = None,
         scores: str = "sigmoid",
         transform: Callable[[Any], Tensor] | None = None,
         transform_config: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
+        check_choice("scores", scores, SCORES)
         self.model = model.eval()
-        self.hierarchy = hierarchy
         self.decoder = decoder
+        self.decoder_kwargs = check_decoder(decoder, decoder_kwargs)
         self.scores = scores
-        self.kind = str(model.head.score_kind)
+        self.score_kind = str(model.head.score_kind)
         self.transform = transform
         self.transform_config = dict(transform_config or {})
         self.device = torch.device(device)
         self.model.to(self.device)
+
+    @property
+    def hierarchy(self) -> Hierarchy:
+        return self.model.hierarchy
 
     def to(self, device: str | torch.device) -> Predictor:
         self.device = torch.device(device)
@@ -108,17 +134,27 @@ class Predictor:
         return self
 
     @torch.inference_mode()
-    def __call__(self, images: Tensor, method: str | None = None):
-        """images: [B, 3, H, W] -> Decoded(nodes [B, D], probs [B, D], node_probs [B, N])."""
-        from hmc.decoding import decode
-
+    def __call__(
+        self,
+        images: Tensor,
+        decoder: str | None = None,
+        decoder_kwargs: dict[str, Any] | None = None,
+    ) -> Decoded:
+        """images: [B, 3, H, W] -> Decoded(nodes [B, D], probs [B, D], node_probs [B, N]).
+        ``decoder`` overrides the predictor's; its options are then ``decoder_kwargs`` (else
+        its defaults), never the predictor's own decoder's."""
+        if decoder is None:
+            decoder, options = self.decoder, {**self.decoder_kwargs, **(decoder_kwargs or {})}
+        else:
+            options = dict(decoder_kwargs or {})
         out = self.model(images.to(self.device))
         return decode(
             self.hierarchy,
-            out.node_scores.float(),
-            method or self.decoder,
-            kind=self.kind,
+            out,
+            decoder,
+            score_kind=self.score_kind,
             scores=self.scores,
+            **options,
         )
 
     def rows(self, decoded, names: Sequence[str]) -> list[dict[str, Any]]:
@@ -143,7 +179,11 @@ class Predictor:
         return out
 
     def predict_files(
-        self, paths: Iterable[str | Path], batch_size: int = 32, method: str | None = None
+        self,
+        paths: Iterable[str | Path],
+        batch_size: int = 32,
+        decoder: str | None = None,
+        decoder_kwargs: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Rows (see :meth:`rows`) for image files and folders (searched recursively)."""
         from PIL import Image
@@ -161,7 +201,7 @@ class Predictor:
                         batch.append(self.transform(img.convert("RGB")))
                 except OSError as err:
                     raise OSError(f"cannot read image {str(f)!r}: {err}") from err
-            decoded = self(torch.stack(batch), method=method)
+            decoded = self(torch.stack(batch), decoder, decoder_kwargs)
             rows.extend(self.rows(decoded, [str(f) for f in chunk]))
         return rows
 
@@ -169,16 +209,17 @@ class Predictor:
         return (
             f"Predictor({self.hierarchy!r}, backbone={self.model.config.get('backbone')!r}, "
             f"head={self.model.config.get('head')!r}, decoder={self.decoder!r}, "
-            f"transform={self.transform_config})"
+            f"decoder_kwargs={self.decoder_kwargs}, transform={self.transform_config})"
         )
 
 
 def load_model(
     checkpoint: str | Path,
-    hierarchy: Hierarchy | str | None = None,
     *,
+    hierarchy: Hierarchy | str | None = None,
     device: str | torch.device = "cpu",
     decoder: str | None = None,
+    decoder_kwargs: dict[str, Any] | None = None,
 ) -> Predictor:
     """A ready :class:`Predictor` from an hmc checkpoint alone (``weights_only=True``).
 
@@ -187,7 +228,9 @@ def load_model(
         hierarchy: optional; if given it must be the checkpoint's own hierarchy (same
             fingerprint), else :class:`HierarchyMismatchError`.
         device: where to run the model.
-        decoder: override the decoding method stored in the checkpoint.
+        decoder: override the checkpoint's decoder. decoder_kwargs: its options; by default
+            the checkpoint's own options when ``decoder`` is the checkpoint's decoder (e.g. a
+            threshold model keeps its threshold), else the decoder's defaults.
     """
     from hmc.models import HierarchicalClassifier
 
@@ -202,13 +245,16 @@ def load_model(
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)
-    dec = dict(meta.get("decoder") or {})
+    stored_decoder = meta["decoder"]
+    if decoder is None or decoder == stored_decoder:
+        decoder = stored_decoder
+        decoder_kwargs = {**meta["decoder_kwargs"], **(decoder_kwargs or {})}
     tcfg = dict(meta.get("transform") or {})
     return Predictor(
         model,
-        stored,
-        decoder=decoder or dec.get("method", "argmax"),
-        scores=dec.get("scores", "sigmoid"),
+        decoder=decoder,
+        decoder_kwargs=decoder_kwargs,
+        scores=meta["scores"],
         transform=_build_eval_transform(tcfg),
         transform_config=tcfg,
         device=device,
@@ -216,20 +262,20 @@ def load_model(
 
 
 def _build_eval_transform(cfg: dict[str, Any]) -> Callable[[Any], Tensor] | None:
+    """The evaluation transform from the checkpoint's ``transform`` entry, which holds the
+    keyword arguments of :func:`hmc.data.transforms.build_transforms` (``train`` excluded)."""
     if not cfg:
         return None
     from hmc.data.transforms import build_transforms
 
-    return build_transforms(
-        cfg.get("preset", "imagenet"),
-        train=False,
-        image_size=cfg.get("image_size"),
-        data_config=cfg.get("data_config"),
-    )
+    return build_transforms(**{**cfg, "train": False})
 
 
 def list_images(paths: Iterable[str | Path] | str | Path) -> list[Path]:
-    """Image files given directly or found (recursively, sorted) in folders."""
+    """Image files given directly or found (recursively, sorted) in folders, by the suffixes
+    of :data:`hmc.data.IMG_EXTENSIONS` (the same files the data module predicts on)."""
+    from hmc.data.generic import IMG_EXTENSIONS as IMAGE_SUFFIXES
+
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files: list[Path] = []
@@ -260,10 +306,7 @@ def write_predictions(
     to_stdout = output is None or str(output) == "-"
     if format is None:
         format = "json" if not to_stdout and str(output).lower().endswith(".json") else "csv"
-    if format not in ("csv", "json"):
-        raise ValueError(
-            f"Expected argument `format` to be one of ['csv', 'json'], but got {format!r}"
-        )
+    check_choice("format", format, ("csv", "json"))
     buf = io.StringIO()
     if format == "json":
         json.dump(list(rows), buf, indent=1, ensure_ascii=False)

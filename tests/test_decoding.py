@@ -6,14 +6,16 @@ import pytest
 import torch
 
 from hmc.decoding import (
-    KINDS,
+    DECODERS,
+    SCORE_KINDS,
     Decoded,
+    check_decoder,
     decode,
-    leaf_log_marginals,
     node_marginals,
     node_probabilities,
 )
 from hmc.hierarchy import Hierarchy
+from hmc.models import leaf_log_marginals
 
 
 @pytest.fixture(scope="module")
@@ -79,25 +81,25 @@ def test_leaf_log_marginals(request):
 def test_node_probabilities_by_kind(request, tree):
     h = request.getfixturevalue(tree)
     x = _scores(h, "level_logits", 1)
-    p = node_probabilities(h, x, kind="level_logits")
+    p = node_probabilities(h, x, score_kind="level_logits")
     for d in range(1, h.num_levels + 1):
         sl = h.level_slice(d)
         torch.testing.assert_close(p[:, sl], torch.softmax(x[:, sl], 1))
     lp = _scores(h, "leaf_log_probs", 1)
-    torch.testing.assert_close(node_probabilities(h, lp, kind="leaf_log_probs"), lp.exp())
+    torch.testing.assert_close(node_probabilities(h, lp, score_kind="leaf_log_probs"), lp.exp())
     torch.testing.assert_close(
-        node_probabilities(h, x, kind="states", scores="logits"),
+        node_probabilities(h, x, score_kind="states", scores="logits"),
         node_marginals(h, x, scores="logits"),
     )
     assert node_marginals(h, x.bfloat16()).dtype == torch.float32
 
 
 @pytest.mark.parametrize("tree", TREES)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SCORE_KINDS)
 def test_argmax_is_independent_per_level(request, tree, kind):
     h = request.getfixturevalue(tree)
     x = _scores(h, kind, 2)
-    out = decode(h, x, "argmax", kind=kind)
+    out = decode(h, x, "argmax", score_kind=kind)
     assert isinstance(out, Decoded) and out.nodes.dtype == torch.long
     assert out.nodes.shape == out.probs.shape == (x.shape[0], h.num_levels)
     ranked = x if kind == "states" else out.node_probs
@@ -108,11 +110,11 @@ def test_argmax_is_independent_per_level(request, tree, kind):
 
 
 @pytest.mark.parametrize("tree", TREES)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SCORE_KINDS)
 def test_marginal_is_greedy_and_consistent(request, tree, kind):
     h = request.getfixturevalue(tree)
     x = _scores(h, kind, 3)
-    out = decode(h, x, "marginal", kind=kind)
+    out = decode(h, x, "marginal", score_kind=kind)
     p = out.node_probs
     for b in range(x.shape[0]):  # the per-sample reference
         path, children = [], h.children(None)
@@ -140,11 +142,11 @@ def _path_score(h: Hierarchy, x: torch.Tensor, kind: str, leaf: int) -> torch.Te
 
 
 @pytest.mark.parametrize("tree", TREES)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", SCORE_KINDS)
 def test_map_is_best_complete_path(request, tree, kind):
     h = request.getfixturevalue(tree)
     x = _scores(h, kind, 4)
-    out = decode(h, x, "map", kind=kind)
+    out = decode(h, x, "map", score_kind=kind)
     leaves = h.tensors().leaves.tolist()
     scores = torch.stack([_path_score(h, x, kind, leaf) for leaf in leaves], 1)  # [B, L]
     best = [leaves[i] for i in scores.argmax(1).tolist()]
@@ -161,7 +163,7 @@ def test_map_is_best_complete_path(request, tree, kind):
 def test_threshold_stops_at_deepest_confident_node(request, tree, kind, t):
     h = request.getfixturevalue(tree)
     x = _scores(h, kind, 5, b=64)
-    out = decode(h, x, "threshold", kind=kind, threshold=t, scores="logits")
+    out = decode(h, x, "threshold", score_kind=kind, threshold=t, scores="logits")
     p, levels = out.node_probs, h.tensors().levels
     stopped = 0
     for b in range(x.shape[0]):
@@ -178,17 +180,41 @@ def test_threshold_stops_at_deepest_confident_node(request, tree, kind, t):
 
 def test_threshold_level_logits_cuts_the_greedy_path(balanced):
     x = _scores(balanced, "level_logits", 6, b=32)
-    full = decode(balanced, x, "marginal", kind="level_logits")
-    cut = decode(balanced, x, "threshold", kind="level_logits", threshold=0.6)
+    full = decode(balanced, x, "marginal", score_kind="level_logits")
+    cut = decode(balanced, x, "threshold", score_kind="level_logits", threshold=0.6)
     keep = (full.probs >= 0.6).long().cumprod(1).bool()
     assert torch.equal(cut.nodes, torch.where(keep, full.nodes, -1))
 
 
 def test_decode_errors(ragged):
     x = torch.randn(2, ragged.num_nodes)
-    with pytest.raises(ValueError, match=r"`method` to be one of \['argmax', 'marginal'"):
+    with pytest.raises(ValueError, match=r"`decoder` to be one of \['argmax', 'marginal'"):
         decode(ragged, x, "beam")
-    with pytest.raises(ValueError, match="`kind`"):
-        decode(ragged, x, kind="probs")
+    with pytest.raises(ValueError, match="`score_kind`"):
+        decode(ragged, x, score_kind="probs")
     with pytest.raises(ValueError, match=r"node_scores` of shape \[B, 11\]"):
         decode(ragged, x[:, :5])
+    with pytest.raises(ValueError, match=r"`decoder_kwargs` of decoder 'argmax'.*\['threshold'\]"):
+        decode(ragged, x, "argmax", threshold=0.7)
+    with pytest.raises(TypeError, match="`.node_scores`"):
+        decode(ragged, {"node_scores": x})
+
+
+def test_check_decoder_fills_in_the_defaults():
+    assert check_decoder("threshold") == {"threshold": 0.5}
+    assert check_decoder("threshold", {"threshold": 0.8}) == {"threshold": 0.8}
+    assert {d: check_decoder(d) for d in DECODERS if d != "threshold"} == {
+        "argmax": {},
+        "marginal": {},
+        "map": {},
+    }
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_decode_takes_the_head_output_as_well_as_its_node_scores(balanced, decoder):
+    from hmc.models import HeadOutput
+
+    x = _scores(balanced, "states", 7)
+    out = HeadOutput(x, None, [])
+    a, b = decode(balanced, out, decoder), decode(balanced, x, decoder)
+    assert torch.equal(a.nodes, b.nodes) and torch.equal(a.node_probs, b.node_probs)

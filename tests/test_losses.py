@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hmc.decoding import leaf_log_marginals
 from hmc.hierarchy import Hierarchy
 from hmc.losses import (
     CombinatorialLoss,
@@ -16,6 +15,7 @@ from hmc.losses import (
     build_loss,
     sigmoid_loss_floor,
 )
+from hmc.models import leaf_log_marginals
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +59,26 @@ def _call(loss, h, x, t, leaf_logits):
     return loss(x, t, leaf_logits=leaf_logits)
 
 
+# Which inputs each loss must differentiate: the node scores, the leaf logits, or both.
+# (LeafMarginalLoss reads node scores computed from the leaf logits, see _call.)
+GRADIENTS = {
+    CombinatorialLoss: {"node_scores"},
+    HRNLoss: {"node_scores", "leaf_logits"},
+    PerLevelCrossEntropy: {"node_scores"},
+    LeafMarginalLoss: {"leaf_logits"},
+}
+
+
 def _finite_step(loss, h, x, t):
     x = x.clone().requires_grad_()
     leaf = x.detach()[:, h.tensors().leaves].clone().requires_grad_()
     value = _call(loss, h, x, t, leaf)
     value.backward()
     assert torch.isfinite(value).all(), value
-    for g in (x.grad, leaf.grad):
-        assert g is None or torch.isfinite(g).all()
+    grads = {"node_scores": x.grad, "leaf_logits": leaf.grad}
+    assert {k for k, g in grads.items() if g is not None} == GRADIENTS[type(loss)], type(loss)
+    for name, g in grads.items():
+        assert g is None or torch.isfinite(g).all(), name
     return value
 
 
@@ -205,12 +217,12 @@ def test_leaf_marginal_loss_sums_leaf_probabilities(ragged):
 
 
 def test_build_loss_and_errors(ragged):
-    assert isinstance(build_loss("hrn", ragged, leaf_weight=0.5), HRNLoss)
-    assert isinstance(build_loss("combinatorial", ragged, scores="logits"), CombinatorialLoss)
-    assert isinstance(build_loss("per_level_ce", ragged), PerLevelCrossEntropy)
-    assert isinstance(build_loss("leaf_marginal", ragged), LeafMarginalLoss)
-    with pytest.raises(ValueError, match=r"Expected argument `name` to be one of .*'hrn'"):
-        build_loss("tree", ragged)
+    assert isinstance(build_loss(ragged, "hrn", leaf_weight=0.5), HRNLoss)
+    assert isinstance(build_loss(ragged, "combinatorial", scores="logits"), CombinatorialLoss)
+    assert isinstance(build_loss(ragged, "flat"), PerLevelCrossEntropy)
+    assert isinstance(build_loss(ragged, "leaf"), LeafMarginalLoss)
+    with pytest.raises(ValueError, match=r"Expected argument `loss` to be one of .*'hrn'"):
+        build_loss(ragged, "tree")
     with pytest.raises(ValueError, match="`scores`"):
         CombinatorialLoss(ragged, scores="softmax")
     with pytest.raises(ValueError, match="`reduction`"):

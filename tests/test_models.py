@@ -18,6 +18,7 @@ from hmc.models import (
     LeafHead,
     build_model,
     create_head,
+    leaf_log_marginals,
     list_heads,
     register_head,
 )
@@ -59,22 +60,22 @@ def head_kwargs(name: str) -> dict:
 def test_registry_lists_the_three_heads():
     assert {"hrn", "flat", "leaf"} <= set(list_heads())
     h = balanced()
-    assert isinstance(create_head("hrn", h, C, **SMALL_HRN), HRNHead)
-    assert isinstance(create_head("flat", h, C), FlatHead)
-    assert isinstance(create_head("leaf", h, C), LeafHead)
+    assert isinstance(create_head(h, "hrn", C, **SMALL_HRN), HRNHead)
+    assert isinstance(create_head(h, "flat", C), FlatHead)
+    assert isinstance(create_head(h, "leaf", C), LeafHead)
     with pytest.raises(
         ValueError, match=r"Expected argument `head` to be one of \[.*'hrn'.*'nope'"
     ):
-        create_head("nope", h, C)
+        create_head(h, "nope", C)
     with pytest.raises(TypeError, match="hmc.Hierarchy"):
-        create_head("flat", {"not": "a tree"}, C)
+        create_head({"not": "a tree"}, "flat", C)
 
 
 @pytest.mark.parametrize("tree", sorted(TREES))
 @pytest.mark.parametrize("name", ["hrn", "flat", "leaf"])
 def test_head_shapes(name, tree):
     h = TREES[tree]()
-    head = create_head(name, h, C, **head_kwargs(name))
+    head = create_head(h, name, C, **head_kwargs(name))
     out = head(torch.randn(5, C, 3, 3))
     assert isinstance(out, HeadOutput)
     assert out.node_scores.shape == (5, h.num_nodes)
@@ -110,9 +111,11 @@ def test_hrn_paper_widths_by_default():
     h = balanced()
     head = HRNHead(h, 64)
     block = head.levels[0].block
-    assert block[0][0].weight.shape == (32, 64, 1, 1)  # 1x1 C -> C/2
-    assert block[1][0].weight.shape == (64, 32, 3, 3)  # 3x3 C/2 -> C
-    assert isinstance(block[0][1], nn.BatchNorm2d) and isinstance(block[1][2], nn.ReLU)
+    assert block[0].conv.weight.shape == (32, 64, 1, 1)  # 1x1 C -> C/2
+    assert block[1].conv.weight.shape == (64, 32, 3, 3)  # 3x3 C/2 -> C
+    assert block[1].conv.padding == (1, 1) and block[0].conv.bias is None
+    bn = block[0].bn  # timm's BatchNormAct2d: BN (the authors' momentum 0.01), then ReLU
+    assert isinstance(bn, nn.BatchNorm2d) and bn.momentum == 0.01 and isinstance(bn.act, nn.ReLU)
     fc = head.levels[0].fc
     assert [type(m) for m in fc] == [nn.BatchNorm1d, nn.Linear, nn.BatchNorm1d, nn.ELU, nn.Linear]
     assert (fc[1].in_features, fc[1].out_features, fc[4].out_features) == (64, 1024, 512)
@@ -132,12 +135,12 @@ def test_hrn_residual_carries_child_gradient_into_parent_blocks():
     head = HRNHead(h, C, **SMALL_HRN)
     head(x).node_scores[:, deepest].logsumexp(1).sum().backward()
     for branch in head.levels:  # species scores reach order and family blocks
-        grad = branch.block[0][0].weight.grad
+        grad = branch.block[0].conv.weight.grad
         assert grad is not None and grad.abs().sum() > 0
 
     head.zero_grad(set_to_none=True)
     head(x).node_scores[:, h.level_slice(1)].logsumexp(1).sum().backward()
-    assert head.levels[0].block[0][0].weight.grad.abs().sum() > 0
+    assert head.levels[0].block[0].conv.weight.grad.abs().sum() > 0
     assert no_grad(head.levels[1]) and no_grad(head.levels[2])  # parents don't feed children
 
     ablation = HRNHead(h, C, residual=False, **SMALL_HRN)
@@ -186,7 +189,7 @@ def test_leaf_marginals_stay_finite_for_extreme_logits():
 @pytest.mark.parametrize("name", list_heads())
 def test_build_model_every_registered_head(backbone, name):
     h = ragged()
-    model = build_model(backbone, h, head=name, **head_kwargs(name))
+    model = build_model(h, backbone, name, head_kwargs=head_kwargs(name))
     assert model.hierarchy is h and model.score_kind == model.head.score_kind
     out = model(torch.randn(2, 3, 32, 32))
     assert out.node_scores.shape == (2, h.num_nodes)
@@ -207,7 +210,7 @@ def test_register_custom_head_and_build():
             pooled = x.mean((2, 3))
             return HeadOutput(self.fc(pooled), None, [pooled])
 
-    model = build_model("resnet10t", balanced(), head="test-linear", scale=2.0)
+    model = build_model(balanced(), "resnet10t", "test-linear", head_kwargs={"scale": 2.0})
     assert model.config["head_kwargs"] == {"scale": 2.0}
     assert model(torch.randn(2, 3, 32, 32)).node_scores.shape == (2, balanced().num_nodes)
     with pytest.raises(ValueError, match="already registered"):
@@ -217,7 +220,7 @@ def test_register_custom_head_and_build():
 @pytest.mark.parametrize("name", ["hrn", "leaf"])
 def test_config_round_trip_rebuilds_the_same_model(tmp_path, name):
     h = ragged()
-    model = build_model("resnet10t", h, head=name, freeze=1, **head_kwargs(name)).eval()
+    model = build_model(h, "resnet10t", name, freeze=1, head_kwargs=head_kwargs(name)).eval()
     config = json.loads(json.dumps(model.config))  # JSON-able, survives a trip through text
     assert config["hierarchy"] == h.to_dict()
     path = tmp_path / "model.pt"
@@ -234,12 +237,12 @@ def test_config_round_trip_rebuilds_the_same_model(tmp_path, name):
 
 
 def test_from_config_rejects_foreign_dicts():
-    with pytest.raises(ValueError, match="format 'hmc-model/1'"):
+    with pytest.raises(ValueError, match="format 'hmc-model/2'"):
         HierarchicalClassifier.from_config({"backbone": "resnet10t"})
 
 
 def test_param_groups_split_head_and_backbone():
-    model = build_model("resnet10t", balanced(), head="hrn", **SMALL_HRN)
+    model = build_model(balanced(), "resnet10t", "hrn", head_kwargs=SMALL_HRN)
     groups = model.param_groups()
     assert [(g["name"], g["lr"]) for g in groups] == [("head", 0.002), ("backbone", 0.0002)]
     ids = [id(p) for g in groups for p in g["params"]]
@@ -247,33 +250,41 @@ def test_param_groups_split_head_and_backbone():
     optimizer = torch.optim.SGD(model.param_groups(0.1, 0.01, weight_decay=5e-4), momentum=0.9)
     assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.01]
 
-    frozen = build_model("resnet10t", balanced(), head="flat", freeze="all")
+    frozen = build_model(balanced(), "resnet10t", "flat", freeze="all")
     assert [g["name"] for g in frozen.param_groups()] == ["head"]
     counts = frozen.param_counts()
     assert counts["trainable"] == counts["head"] > 0
 
 
 def test_hrn_compiles_and_trains_under_torch_compile():
-    model = build_model("resnet10t", balanced(), head="hrn", **SMALL_HRN)
-    compiled = torch.compile(model, backend="aot_eager")
+    torch.manual_seed(0)
+    model = build_model(balanced(), "resnet10t", "hrn", head_kwargs=SMALL_HRN).eval()
     x = torch.randn(2, 3, 32, 32)
+    ref = model(x)
+    (ref.node_scores.sum() + ref.leaf_logits.sum()).backward()
+    eager_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(model, backend="aot_eager")
     out = compiled(x)
     assert isinstance(out, HeadOutput)
+    torch.testing.assert_close(out.node_scores, ref.node_scores)
+    torch.testing.assert_close(out.leaf_logits, ref.leaf_logits)
     (out.node_scores.sum() + out.leaf_logits.sum()).backward()
-    assert model.head.levels[0].block[0][0].weight.grad is not None
+    for name, p in model.named_parameters():  # the compiled backward matches eager's
+        torch.testing.assert_close(p.grad, eager_grads[name], msg=name)
 
 
 @pytest.mark.parametrize("name", ["hrn", "flat", "leaf"])
 def test_heads_torchscript(name):
     h = ragged()
-    head = create_head(name, h, C, **head_kwargs(name)).eval()
+    head = create_head(h, name, C, **head_kwargs(name)).eval()
     x = torch.randn(2, C, 3, 3)
     scripted = torch.jit.script(head)
     torch.testing.assert_close(scripted(x).node_scores, head(x).node_scores)
 
 
 def test_hrn_model_jit_trace_and_torch_export():
-    model = build_model("resnet10t", ragged(), head="hrn", **SMALL_HRN).eval()
+    model = build_model(ragged(), "resnet10t", "hrn", head_kwargs=SMALL_HRN).eval()
     x = torch.randn(2, 3, 32, 32)
     ref = model(x)
     traced = torch.jit.trace(model, x, strict=False)
@@ -289,7 +300,7 @@ def test_hrn_onnx_export(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
-    model = build_model("resnet10t", ragged(), head="hrn", **SMALL_HRN).eval()
+    model = build_model(ragged(), "resnet10t", "hrn", head_kwargs=SMALL_HRN).eval()
     path = tmp_path / "hrn.onnx"
     x = torch.randn(2, 3, 32, 32)
     torch.onnx.export(model, (x,), str(path))
@@ -302,14 +313,26 @@ def test_hrn_onnx_export(tmp_path):
 
 
 @pytest.mark.parametrize("tree", sorted(TREES))
-def test_leaf_head_agrees_with_decoding_leaf_log_marginals(tree):
-    decoding = pytest.importorskip("hmc.decoding")
+def test_leaf_head_agrees_with_leaf_log_marginals(tree):
     h = TREES[tree]()
     out = LeafHead(h, C)(torch.randn(3, C, 2, 2))
-    torch.testing.assert_close(out.node_scores, decoding.leaf_log_marginals(h, out.leaf_logits))
+    torch.testing.assert_close(out.node_scores, leaf_log_marginals(h, out.leaf_logits))
 
 
 def test_build_model_accepts_a_shipped_hierarchy_name():
-    model = build_model("resnet10t", "cub200-hrn", head="hrn", **SMALL_HRN)
+    model = build_model("cub200-hrn", "resnet10t", "hrn", head_kwargs=SMALL_HRN)
     sizes = [c.out_features for c in (b.classifier for b in model.head.levels)]
     assert sizes == [13, 38, 200] and model.head.leaf_classifier.out_features == 200
+
+
+@pytest.mark.parametrize("name", ["hrn", "flat", "leaf"])
+def test_each_head_names_the_loss_that_fits_its_scores(name):
+    from hmc.losses import build_loss
+
+    h = ragged()
+    head = create_head(h, name, C, **head_kwargs(name))
+    assert head.default_loss == name  # one vocabulary: the loss is named after its head
+    loss = build_loss(h, head.default_loss)
+    out = head(torch.randn(4, C, 2, 2))
+    value = loss(out.node_scores, torch.arange(4), leaf_logits=out.leaf_logits)
+    assert value.ndim == 0 and torch.isfinite(value) and value > 0

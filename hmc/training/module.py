@@ -18,63 +18,66 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from hmc.decoding import decode as decode_scores
+from hmc.checks import check_choice
+from hmc.decoding import SCORES, check_decoder
+from hmc.decoding import decode as decode_output
 from hmc.hierarchy import Hierarchy
 from hmc.losses import build_loss
 from hmc.metrics import HierarchicalMetrics, LevelConfusion
 from hmc.models import build_model
-from hmc.predict import CHECKPOINT_KEY, check_hierarchy, load_model, read_checkpoint
+from hmc.predict import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_KEY,
+    check_hierarchy,
+    load_model,
+    read_checkpoint,
+)
 from hmc.training.artifacts import resolve_hierarchy
-from hmc.training.checkpoint import ResultsTable, RunCheckpoint, format_results
 
 __all__ = [
-    "DEFAULT_LOSS",
     "HMCModule",
-    "ResultsTable",
-    "RunCheckpoint",
-    "format_results",
     "load_model",
 ]
 
-# The loss that fits each head's score kind (hmc.models: HeadOutput / score_kind).
-DEFAULT_LOSS = {"states": "hrn", "level_logits": "per_level_ce", "leaf_log_probs": "leaf_marginal"}
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "constant")
-DECODERS = ("argmax", "marginal", "map", "threshold")
 STAGES = ("val", "test")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(
-            f"Expected argument `{name}` to be one of {list(choices)}, but got {value!r}"
-        )
 
 
 class HMCModule(pl.LightningModule):
     """Train and evaluate a hierarchical classifier.
 
+    The defaults train with :class:`hmc.training.HMCDataModule`'s defaults (Fashion-MNIST, its
+    shipped hierarchy): a small random-init ResNet; the paper's recipe is in
+    ``configs/cub200_hrn.yaml``.
+
     Args:
         hierarchy: a :class:`Hierarchy` or a name/path for :func:`hmc.load_hierarchy`
             (under ``hmc fit`` it comes from ``data.hierarchy``).
         backbone: timm architecture, e.g. ``"resnet50.tv_in1k"`` (the paper's).
-        head: ``"hrn"`` | ``"flat"`` | ``"leaf"``.
-        pretrained: ``True`` for timm hub weights, or an offline source name (hmc.models).
-        pretrained_path: local backbone weights file.
+        head: ``"hrn"`` | ``"flat"`` | ``"leaf"`` (:func:`hmc.models.list_heads`).
+        pretrained: timm's pretrained weights (hub, or ``pretrained_cfg_overlay={"file": ...}``).
+        checkpoint_path: a local backbone weights file or an offline source name
+            (:func:`hmc.models.create_backbone`).
+        pretrained_cfg_overlay: timm's ``pretrained_cfg_overlay``.
+        freeze: backbone stages frozen for the whole run: ``"all"``, or the last frozen stage
+            (0 = stem); frozen BatchNorms keep their statistics.
+        head_only_epochs: train only the head for the first ``k`` epochs (the backbone is
+            frozen, BatchNorm statistics included, then trained; single process only).
         head_kwargs: head options (HRN: ``hidden``, ``feature_dim``, ``mid_channels``, ...).
-        loss: a name for :func:`hmc.losses.build_loss`; default by head score kind
-            (hrn -> "hrn", flat -> "per_level_ce", leaf -> "leaf_marginal").
-        loss_kwargs: loss options; ``scores`` ("sigmoid" | "logits") is also the decoder's.
-        decoder: evaluation decoding, ``"argmax"`` | ``"marginal"`` | ``"map"`` | ``"threshold"``.
+        loss: a name for :func:`hmc.losses.build_loss`; default the head's ``default_loss``.
+        loss_kwargs: loss options (``leaf_weight``, ``reduction``, ...).
+        scores: ``"sigmoid"`` (the paper; default) or ``"logits"``: how an HRN (``"states"``)
+            head's scores enter the combinatorial loss and the decoder; stored in checkpoints.
+            For other heads it must be left unset (a ValueError says so).
+        decoder: evaluation decoding, one of :data:`hmc.decoding.DECODERS`.
+        decoder_kwargs: its options, e.g. ``{"threshold": 0.7}``; stored in checkpoints, so
+            :func:`hmc.load_model` decodes as evaluation did.
+        metrics_kwargs: options of :class:`hmc.metrics.HierarchicalMetrics`.
         optimizer: ``"sgd"`` (paper, momentum + weight decay) or ``"adamw"``.
         lr: head learning rate (paper 0.002). backbone_lr: backbone's (paper 0.0002).
-        scheduler: ``"cosine"`` (annealed per epoch to 0 over ``max_epochs``) or ``"constant"``.
+        scheduler: ``"cosine"`` (annealed to 0 at the end of training) or ``"constant"``.
         warmup_epochs: linear warm-up epochs before the schedule.
-        freeze_backbone: ``True`` freezes the backbone (and its BatchNorm statistics) for the
-            whole run; an int ``k`` freezes it for the first ``k`` epochs (single process only).
-        decoder_threshold: probability threshold of the ``"threshold"`` decoder.
-        metrics_kwargs: options of :class:`hmc.metrics.HierarchicalMetrics` (``metrics``,
-            ``top_k``, ``ap_thresholds``, ...).
 
     After each validation/test epoch, ``last_metrics`` holds the computed metrics as floats
     under their logged names (``"val/acc/species"``, ``"val/loss"``, ...), ``last_stage`` is
@@ -83,15 +86,21 @@ class HMCModule(pl.LightningModule):
 
     def __init__(
         self,
-        hierarchy: str | Hierarchy = "cub200",
-        backbone: str = "resnet50",
+        hierarchy: str | Hierarchy = "fashion-mnist",
+        backbone: str = "resnet10t",
         head: str = "hrn",
-        pretrained: bool | str = False,
-        pretrained_path: str | None = None,
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        pretrained_cfg_overlay: dict[str, Any] | None = None,
+        freeze: int | str | bool | None = None,
+        head_only_epochs: int = 0,
         head_kwargs: dict[str, Any] | None = None,
         loss: str | None = None,
         loss_kwargs: dict[str, Any] | None = None,
+        scores: str | None = None,
         decoder: str = "argmax",
+        decoder_kwargs: dict[str, Any] | None = None,
+        metrics_kwargs: dict[str, Any] | None = None,
         optimizer: str = "sgd",
         lr: float = 0.002,
         backbone_lr: float = 0.0002,
@@ -99,45 +108,59 @@ class HMCModule(pl.LightningModule):
         weight_decay: float = 5e-4,
         scheduler: str = "cosine",
         warmup_epochs: int = 0,
-        freeze_backbone: bool | int = False,
-        decoder_threshold: float = 0.5,
-        metrics_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        _check_choice("decoder", decoder, DECODERS)
-        _check_choice("optimizer", optimizer, OPTIMIZERS)
-        _check_choice("scheduler", scheduler, SCHEDULERS)
-        if isinstance(freeze_backbone, int) and not isinstance(freeze_backbone, bool):
-            if freeze_backbone < 0:
-                raise ValueError(
-                    f"Expected argument `freeze_backbone` to be a bool or a number of epochs "
-                    f">= 0, but got {freeze_backbone}"
-                )
+        self.decoder_kwargs = check_decoder(decoder, decoder_kwargs)
+        check_choice("optimizer", optimizer, OPTIMIZERS)
+        check_choice("scheduler", scheduler, SCHEDULERS)
+        if isinstance(head_only_epochs, bool) or not isinstance(head_only_epochs, int):
+            raise TypeError(
+                f"Expected argument `head_only_epochs` to be an int, but got {head_only_epochs!r}"
+            )
+        if head_only_epochs < 0:
+            raise ValueError(
+                f"Expected argument `head_only_epochs` to be >= 0, but got {head_only_epochs}"
+            )
+        if "scores" in (loss_kwargs or {}):
+            raise ValueError(
+                "`scores` is an HMCModule argument (model.scores), not a loss option: it also "
+                "sets the decoder and is stored in checkpoints"
+            )
         # Only plain values go to hyper_parameters (weights_only loading); the hierarchy
         # travels in checkpoint["hmc"] (see on_save_checkpoint).
         self.save_hyperparameters(ignore=["hierarchy"])
         self.hierarchy: Hierarchy = resolve_hierarchy(hierarchy)
         self.model = build_model(
-            backbone,
             self.hierarchy,
-            head=head,
+            backbone,
+            head,
             pretrained=pretrained,
-            pretrained_path=pretrained_path,
-            freeze="all" if freeze_backbone is True else None,
-            **(head_kwargs or {}),
+            checkpoint_path=checkpoint_path,
+            pretrained_cfg_overlay=pretrained_cfg_overlay,
+            freeze=freeze,
+            head_kwargs=head_kwargs,
         )
         self.score_kind: str = self.model.head.score_kind
-        loss_kwargs = dict(loss_kwargs or {})
-        self.scores: str = loss_kwargs.get("scores", "sigmoid")
-        self.loss_name = loss or DEFAULT_LOSS[self.score_kind]
-        self.loss_fn = build_loss(self.loss_name, self.hierarchy, **loss_kwargs)
+        if scores is not None and self.score_kind != "states":
+            raise ValueError(
+                f"`scores` applies to HRN (score kind 'states') heads only, but head {head!r} "
+                f"gives {self.score_kind!r}; leave `scores` unset"
+            )
+        self.scores: str = scores or "sigmoid"
+        check_choice("scores", self.scores, SCORES)
+        loss_options = dict(loss_kwargs or {})
+        if self.score_kind == "states":
+            loss_options["scores"] = self.scores
+        self.loss_name = loss or getattr(self.model.head, "default_loss", None)
+        if self.loss_name is None:
+            raise ValueError(f"head {head!r} declares no `default_loss`; give `loss`")
+        self.loss_fn = build_loss(self.hierarchy, self.loss_name, **loss_options)
         metrics = HierarchicalMetrics(self.hierarchy, **(metrics_kwargs or {}))
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.last_metrics: dict[str, float] = {}
         self.last_confusions: dict[str, list] = {}
         self.last_stage: str | None = None
-        self._frozen_epochs = 0 if isinstance(freeze_backbone, bool) else int(freeze_backbone)
         self._backbone_grad = True
 
     # ------------------------------------------------------------------ steps
@@ -156,23 +179,23 @@ class HMCModule(pl.LightningModule):
         )  # fmt: skip
         return loss
 
-    def decode(self, node_scores: Tensor):
-        """node_scores [B, N] -> Decoded(nodes [B, D], probs [B, D], node_probs [B, N]) with
-        the evaluation decoder."""
-        return decode_scores(
+    def decode(self, output: Any):
+        """A head's output (or its [B, N] node scores) -> Decoded(nodes [B, D], probs [B, D],
+        node_probs [B, N]) with the evaluation decoder and its options."""
+        return decode_output(
             self.hierarchy,
-            node_scores.float(),
+            output,
             self.hparams.decoder,
-            kind=self.score_kind,
+            score_kind=self.score_kind,
             scores=self.scores,
-            threshold=self.hparams.decoder_threshold,
+            **self.decoder_kwargs,
         )
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         images, targets = batch
         out = self.model(images)
         loss = self.loss_fn(out.node_scores, targets, leaf_logits=out.leaf_logits)
-        decoded = self.decode(out.node_scores)
+        decoded = self.decode(out)
         self._metrics(stage).update(decoded.node_probs, targets, decoded.nodes)
         self.log(
             f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True,
@@ -191,7 +214,7 @@ class HMCModule(pl.LightningModule):
         """Batches of images (or (images, anything)) -> decoded ``nodes`` [B, D], ``probs``
         [B, D] and ``node_probs`` [B, N]."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        decoded = self.decode(self.model(images).node_scores)
+        decoded = self.decode(self.model(images))
         return decoded._asdict()
 
     def _metrics(self, stage: str) -> HierarchicalMetrics:
@@ -233,29 +256,27 @@ class HMCModule(pl.LightningModule):
         else:
             opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         max_epochs = self.trainer.max_epochs if self._trainer is not None else None
-        by_epoch = max_epochs is not None and max_epochs > 0
-        if by_epoch:
+        if max_epochs is not None and max_epochs > 0:
             total, warmup, interval = max_epochs, hp.warmup_epochs, "epoch"
         else:  # max_steps-bounded runs: the same shape, stepped per optimiser step
             steps = self.trainer.estimated_stepping_batches  # inf: no end, no annealing
-            total = max(1, int(steps)) if math.isfinite(steps) else 0
-            if self.trainer.train_dataloader is None:  # as estimated_stepping_batches does
-                self.trainer.fit_loop.setup_data()
+            total = int(steps) if math.isfinite(steps) else 0
+            # estimated_stepping_batches has set up the train loader, so this is known.
             batches = self.trainer.num_training_batches
             accumulate = max(1, self.trainer.accumulate_grad_batches)
             per_epoch = max(1, int(batches) // accumulate) if math.isfinite(batches) else 1
             warmup, interval = hp.warmup_epochs * per_epoch, "step"
-        kind = hp.scheduler if total else "constant"
-        lambdas = _schedule(kind, total, warmup)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
+        sched = _lr_schedule(opt, hp.scheduler if total else "constant", total, warmup)
+        if sched is None:
+            return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
 
     def setup(self, stage: str) -> None:
-        if self._frozen_epochs and stage == "fit" and self.trainer.world_size > 1:
+        if self.hparams.head_only_epochs and stage == "fit" and self.trainer.world_size > 1:
             raise ValueError(
-                f"`freeze_backbone={self._frozen_epochs}` (freeze for the first epochs) is not "
-                "supported with more than one process: DDP fixes the set of trained parameters "
-                "when it wraps the model. Use `freeze_backbone: true` or a single process."
+                f"`head_only_epochs={self.hparams.head_only_epochs}` is not supported with more "
+                "than one process: DDP fixes the set of trained parameters when it wraps the "
+                "model. Use `freeze: all` (every stage, the whole run) or a single process."
             )
 
     def on_train_epoch_start(self) -> None:
@@ -263,8 +284,8 @@ class HMCModule(pl.LightningModule):
         opt = self.optimizers(use_pl_optimizer=False)
         lrs = {f"lr/{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(opt.param_groups)}
         self.log_dict(lrs, on_step=False, on_epoch=True, batch_size=1)
-        if self._frozen_epochs:
-            grad = self.current_epoch >= self._frozen_epochs
+        if self.hparams.head_only_epochs:
+            grad = self.current_epoch >= self.hparams.head_only_epochs
             if grad != self._backbone_grad:
                 self.model.backbone.requires_grad_(grad)
                 self._backbone_grad = grad
@@ -285,17 +306,16 @@ class HMCModule(pl.LightningModule):
             if key in checkpoint:
                 checkpoint[key] = _plain(dict(checkpoint[key]))
         checkpoint[CHECKPOINT_KEY] = {
-            "format": "hmc-checkpoint/1",
+            "format": CHECKPOINT_FORMAT,
             "hierarchy": self.hierarchy.to_dict(),
             "fingerprint": self.hierarchy.fingerprint(),
             "model_config": self.model.config,
-            "decoder": {
-                "method": self.hparams.decoder,
-                "kind": self.score_kind,
-                "scores": self.scores,
-                "threshold": self.hparams.decoder_threshold,
-            },
+            "score_kind": self.score_kind,
+            "scores": self.scores,
+            "decoder": self.hparams.decoder,
+            "decoder_kwargs": _plain(self.decoder_kwargs),
             "loss": self.loss_name,
+            "loss_kwargs": _plain(dict(self.hparams.loss_kwargs or {})),
             "transform": self._eval_transform_config(),
         }
 
@@ -308,22 +328,11 @@ class HMCModule(pl.LightningModule):
         check_hierarchy(Hierarchy.from_dict(meta["hierarchy"]), self.hierarchy, "the checkpoint")
 
     def _eval_transform_config(self) -> dict[str, Any]:
-        """The data module's evaluation transform settings, for :func:`hmc.load_model`."""
+        """The data module's evaluation transform (``build_transforms`` keywords, from its
+        ``transform_config()``), for :func:`hmc.load_model`; empty without one."""
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         cfg = getattr(dm, "transform_config", None)
-        if callable(cfg):
-            cfg = cfg()
-        if isinstance(cfg, dict):
-            return dict(cfg)
-        out: dict[str, Any] = {}
-        for key in ("preset", "image_size"):
-            value = getattr(dm, key, None)
-            if value is not None:
-                out[key] = value
-        data_config = (getattr(dm, "dataset_options", None) or {}).get("data_config")
-        if data_config:
-            out["data_config"] = dict(data_config)
-        return out
+        return _plain(dict(cfg())) if callable(cfg) else {}
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -343,15 +352,14 @@ class HMCModule(pl.LightningModule):
             check_hierarchy(
                 stored, resolve_hierarchy(hierarchy), f"checkpoint {str(checkpoint_path)!r}"
             )
-        kwargs["pretrained"] = False  # weights come from the checkpoint; never download
-        kwargs.pop("pretrained_path", None)
+        # Weights come from the checkpoint: never download or read the backbone's weights.
+        kwargs.update(pretrained=False, checkpoint_path=None, pretrained_cfg_overlay=None)
         return super().load_from_checkpoint(
             checkpoint_path,
             map_location=map_location,
             hparams_file=hparams_file,
             strict=strict,
             hierarchy=stored,
-            pretrained_path=None,
             **kwargs,
         )
 
@@ -371,16 +379,17 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _schedule(kind: str, total: int, warmup: int):
-    """LambdaLR factor: linear warm-up over ``warmup`` units, then cosine to 0 at ``total``
-    (or constant)."""
-
-    def factor(t: int) -> float:
-        if t < warmup:
-            return (t + 1) / (warmup + 1)
-        if kind == "constant":
-            return 1.0
-        span = max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(t - warmup, span) / span))
-
-    return factor
+def _lr_schedule(
+    opt: torch.optim.Optimizer, kind: str, total: int, warmup: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Linear warm-up over ``warmup`` units from 1/(warmup+1) of each group's rate, then cosine
+    annealing to 0 at ``total`` units (or constant). None: constant without warm-up."""
+    sched = torch.optim.lr_scheduler
+    parts: list[sched.LRScheduler] = []
+    if warmup > 0:
+        parts.append(sched.LinearLR(opt, start_factor=1 / (warmup + 1), total_iters=warmup))
+    if kind == "cosine":
+        parts.append(sched.CosineAnnealingLR(opt, T_max=max(1, total - warmup)))
+    if len(parts) == 2:
+        return sched.SequentialLR(opt, parts, milestones=[warmup])
+    return parts[0] if parts else None
