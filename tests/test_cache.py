@@ -206,7 +206,7 @@ def _ddp_worker(rank: int, world: int, root: str, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
-        frozen, _ = split_backbone(create_backbone("tf_efficientnet_lite0").eval(), 3)
+        frozen, _ = split_backbone(create_backbone("resnet10t").eval(), 1)
         write_feature_cache(root, "k", frozen, _image, 7, batch_size=2, progress=False)
         array, _ = open_feature_cache(Path(root) / "k")  # every rank reads the whole cache
         assert array.shape[1] == 7
@@ -222,7 +222,7 @@ def test_ddp_two_processes_write_one_cache(tmp_path, lite0):
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "ddp"), port), nprocs=2, join=True)
     torch.manual_seed(0)
-    frozen, _ = split_backbone(create_backbone("tf_efficientnet_lite0").eval(), 3)
+    frozen, _ = split_backbone(create_backbone("resnet10t").eval(), 1)
     single = write_feature_cache(tmp_path / "one", "k", frozen, _image, 7, progress=False)
     # Same rows; batches differ between the runs, so float16 rounding may differ in the last bit.
     ddp = open_feature_cache(tmp_path / "ddp" / "k")[0].astype(np.float32)
