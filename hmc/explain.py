@@ -343,7 +343,7 @@ def explain_files(
 ) -> list[tuple[Path, Image.Image, Explanation]]:
     """``(file, what the model saw, its one-image Explanation)`` for image files and folders
     (searched recursively), read with the predictor's evaluation transform."""
-    from hmc.predict import list_images
+    from hmc.data import list_images
 
     if getattr(predictor, "transform", None) is None:
         raise ValueError("the predictor has no transform; load it with hmc.load_model")
