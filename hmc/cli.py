@@ -20,13 +20,21 @@ from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
 
-__all__ = ["did_you_mean", "hierarchy_main", "main", "predict_main", "run_lightning_cli"]
+__all__ = [
+    "did_you_mean",
+    "explain_main",
+    "hierarchy_main",
+    "main",
+    "predict_main",
+    "run_lightning_cli",
+]
 
 DESCRIPTION = """\
 Hierarchical multi-granularity classification.
 
   hmc fit --config configs/demo.yaml        train (LightningCLI; also validate, test)
   hmc predict --ckpt_path run.ckpt --data.predict_paths '[a.jpg, folder/]' --output p.csv
+  hmc explain --ckpt_path run.ckpt images/ --output explain/   per-level CAM pictures
   hmc hierarchy show NAME|PATH              print a hierarchy with counts per level
   hmc hierarchy validate PATH               check a hierarchy file (exit 1 on error)
 """
@@ -235,6 +243,7 @@ def _predict_parser() -> ArgumentParser:
     )
     parser.add_argument("--hierarchy", type=str | None, default=None, help="check it matches")
     parser.add_argument("--device", type=str, default="cpu")
+    _add_report_arguments(parser)
     return parser
 
 
@@ -245,7 +254,7 @@ def predict_main(argv: Sequence[str]) -> int:
     cfg = _predict_parser().parse_args(list(argv))
     given = cfg.data.predict_paths
     paths = ([given] if isinstance(given, str) else list(given or [])) + list(cfg.paths)
-    if not paths:
+    if not paths and not cfg.labels:
         print("error: give images with --data.predict_paths '[a.jpg, folder/]'", file=sys.stderr)
         return 2
     try:
@@ -256,7 +265,9 @@ def predict_main(argv: Sequence[str]) -> int:
             decoder=cfg.decoder,
             decoder_kwargs=cfg.decoder_kwargs,
         )
-        rows = predictor.predict_files(paths, batch_size=cfg.data.batch_size)
+        labels = _report_labels(cfg, predictor)
+        rows = predictor.predict_files(paths or list(labels), batch_size=cfg.data.batch_size)
+        _write_report(cfg, predictor, rows, labels)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -264,6 +275,110 @@ def predict_main(argv: Sequence[str]) -> int:
     if cfg.output not in (None, "-"):
         print(f"hmc predict: {len(rows)} images -> {cfg.output}", file=sys.stderr)
     return 0
+
+
+# ---------------------------------------------------------------- explain and report
+def _explain_parser() -> ArgumentParser:
+    from hmc.explain import METHODS, TARGETS
+
+    parser = _HintParser(
+        prog="hmc explain",
+        description=(
+            "Class-activation maps per level: for each image, one PNG with the photo and one "
+            "overlay per level, titled with the predicted name and its probability."
+        ),
+    )
+    parser.add_argument("-c", "--config", action=ActionConfigFile)
+    parser.add_argument("--ckpt_path", type=str, required=True, help="an hmc .ckpt file")
+    parser.add_argument("paths", nargs="*", default=[], help="image files or folders")
+    parser.add_argument("--output", type=str, default="explain", help="folder for the PNGs")
+    parser.add_argument(
+        "--levels", type=list[str] | None, default=None, help="level names or numbers; default all"
+    )
+    parser.add_argument(
+        "--node", type=str | None, default=None, help="explain this node (id or name) instead"
+    )
+    parser.add_argument("--method", type=str, default="gradcam", help=f"one of {list(METHODS)}")
+    parser.add_argument("--target", type=str, default="score", help=f"one of {list(TARGETS)}")
+    parser.add_argument(
+        "--target_layer", type=str | None, default=None, help="module name; default automatic"
+    )
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--device", type=str, default="cpu")
+    return parser
+
+
+def explain_main(argv: Sequence[str]) -> int:
+    """``hmc explain --ckpt_path run.ckpt images/ --output explain/``; returns the exit code."""
+    from hmc.explain import write_explanations
+    from hmc.predict import load_model
+
+    cfg = _explain_parser().parse_args(list(argv))
+    if not cfg.paths:
+        print("error: give image files or folders to explain", file=sys.stderr)
+        return 2
+    levels = [int(v) if str(v).isdigit() else v for v in cfg.levels] if cfg.levels else None
+    try:
+        predictor = load_model(cfg.ckpt_path, device=cfg.device)
+        written = write_explanations(
+            predictor,
+            cfg.paths,
+            cfg.output,
+            batch_size=cfg.batch_size,
+            method=cfg.method,
+            levels=levels,
+            node=cfg.node,
+            target=cfg.target,
+            target_layer=cfg.target_layer,
+        )
+    except (OSError, ValueError, KeyError) as err:  # UnknownLabelError is a KeyError
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"hmc explain: {len(written)} images -> {cfg.output}", file=sys.stderr)
+    return 0
+
+
+def _add_report_arguments(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--report", type=str | None, default=None, help="also write an HTML gallery here"
+    )
+    parser.add_argument(
+        "--labels",
+        type=str | None,
+        default=None,
+        help="a path,label CSV: the report marks mistakes (its images are predicted if no "
+        "other paths are given)",
+    )
+    parser.add_argument(
+        "--report_cams", type=bool, default=False, help="add a per-level CAM strip to the report"
+    )
+
+
+def _report_labels(cfg: Any, predictor: Any) -> dict[str, int]:
+    if not cfg.labels:
+        return {}
+    from hmc.report import read_labels
+
+    return read_labels(predictor.hierarchy, cfg.labels)
+
+
+def _write_report(cfg: Any, predictor: Any, rows: list[dict], labels: dict[str, int]) -> None:
+    if not cfg.report:
+        return
+    from pathlib import Path
+
+    from hmc.report import write_report
+
+    cams = titles = None
+    if cfg.report_cams:
+        from hmc.explain import explain_files, overlay, strip_titles
+
+        explained = explain_files(predictor, [r["image"] for r in rows])
+        cams = [[overlay(img, m) for m in e.maps] for _, img, e in explained]
+        titles = [strip_titles(predictor.hierarchy, e) for _, _, e in explained]
+    found = [labels.get(str(Path(r["image"]).resolve())) for r in rows] if cfg.labels else None
+    write_report(predictor.hierarchy, rows, cfg.report, labels=found, cams=cams, cam_titles=titles)
+    print(f"hmc predict: report -> {cfg.report}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------- main
@@ -274,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(hierarchy_main(args[1:]))
     if args[:1] == ["predict"]:
         sys.exit(predict_main(args[1:]))
+    if args[:1] == ["explain"]:
+        sys.exit(explain_main(args[1:]))
     # args=None lets LightningCLI read sys.argv itself (and DDP workers re-run the same argv).
     run_lightning_cli(None if argv is None else args)
 

@@ -42,7 +42,9 @@ __all__ = [
     "node_column",
     "overlay",
     "render_explanation",
+    "strip_titles",
     "to_display",
+    "write_explanations",
 ]
 
 TARGETS = ("score", "probability")
@@ -364,3 +366,40 @@ def explain_files(
             one = Explanation(e.maps[i], e.nodes[i], e.probs[i], e.levels)
             out.append((f, shown, one))
     return out
+
+
+def strip_titles(hierarchy: Hierarchy, e: Explanation) -> list[str]:
+    """"<level>: <name> <prob>" for each level of a one-image Explanation."""
+    out = []
+    for c, p, d in zip(e.nodes.tolist(), e.probs.tolist(), e.levels, strict=True):
+        level = hierarchy.level_names[d - 1]
+        out.append(f"{level}: {hierarchy.name(c)} {p:.2f}" if c >= 0 else f"{level}: -")
+    return out
+
+
+def write_explanations(
+    predictor: Any,
+    paths: Sequence[str | Path] | str | Path,
+    output: str | Path,
+    *,
+    batch_size: int = 8,
+    **explain_kwargs: Any,
+) -> list[Path]:
+    """Write one PNG per image file to the folder ``output`` (:func:`render_explanation`:
+    the photo and one titled overlay per level), named after the image (``a.jpg`` ->
+    ``a.png``; ``a_2.png``... when names repeat). Returns the files written."""
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    taken: set[str] = set()
+    h = predictor.hierarchy
+    for f, shown, e in explain_files(predictor, paths, batch_size=batch_size, **explain_kwargs):
+        stem, k = f.stem, 1
+        while stem in taken:
+            k += 1
+            stem = f"{f.stem}_{k}"
+        taken.add(stem)
+        target = out_dir / f"{stem}.png"
+        render_explanation(h, shown, e.maps, e.nodes, e.probs, e.levels).save(target)
+        written.append(target)
+    return written

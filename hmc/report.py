@@ -28,7 +28,7 @@ from PIL import Image
 
 from hmc.hierarchy import Hierarchy
 
-__all__ = ["THUMB_PX", "report_html", "write_report"]
+__all__ = ["THUMB_PX", "read_labels", "report_html", "write_report"]
 
 THUMB_PX = 192  # longest side of a thumbnail: sharp on a grid card, ~10 kB as JPEG
 
@@ -84,6 +84,20 @@ def _image_src(path: str, base: Path | None, embed: bool) -> str:
             return _data_uri(img)
     except OSError as err:
         raise OSError(f"cannot read image {path!r} for the report: {err}") from err
+
+
+def read_labels(hierarchy: Hierarchy, csv_file: str | Path) -> dict[str, int]:
+    """``{resolved image path: label column}`` from a ``path,label`` CSV/TSV read by
+    :class:`hmc.data.CSVDataset` (labels at any depth, by id or unique display name; relative
+    paths are relative to the CSV's folder); unlabelled rows are left out."""
+    from hmc.data import CSVDataset
+
+    ds = CSVDataset(hierarchy, csv_file)
+    return {
+        str(Path(p).resolve()): int(t)
+        for p, t in zip(ds.paths.tolist(), ds.targets.tolist(), strict=True)
+        if t >= 0
+    }
 
 
 def _column(hierarchy: Hierarchy, node: str | int | None) -> int:
