@@ -1,4 +1,4 @@
-"""What every hmc dataset shares: node-column targets, label lookup, bad samples, splits.
+"""What every hmc dataset shares: node-column targets, loading, bad samples, splits.
 
 A dataset here is a table of samples (image paths or in-memory pixels) plus one LongTensor of
 targets, each the column of the observed label's node in ``hierarchy.nodes``, at any depth
@@ -9,29 +9,33 @@ fewer rows or other targets (:meth:`HierarchicalDataset.subset`, :meth:`.with_ta
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from hmc.checks import check_choice
+from hmc.data._layout import unique_rows
 from hmc.hierarchy import Hierarchy, load_hierarchy
 
 __all__ = [
+    "ArrayDataset",
     "BadSampleError",
-    "BadSampleLog",
     "HierarchicalDataset",
     "ImageFileDataset",
-    "ArrayDataset",
     "level_counts",
     "limit_per_class",
     "pil_loader",
-    "rank_within_groups",
     "stratified_split",
+    "train_val_split",
 ]
+
+log = logging.getLogger(__name__)
 
 ON_BAD_SAMPLE = ("raise", "skip")
 SPLITS = ("train", "val", "trainval", "test")
@@ -42,13 +46,6 @@ class BadSampleError(RuntimeError):
     """An image that is missing or cannot be decoded."""
 
 
-def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
-    if value not in choices:
-        raise ValueError(
-            f"Expected argument `{name}` to be one of {list(choices)}, but got {value!r}"
-        )
-
-
 def as_hierarchy(hierarchy: str | Path | Hierarchy) -> Hierarchy:
     """A Hierarchy from an object, a shipped name or a path."""
     return hierarchy if isinstance(hierarchy, Hierarchy) else load_hierarchy(hierarchy)
@@ -57,53 +54,24 @@ def as_hierarchy(hierarchy: str | Path | Hierarchy) -> Hierarchy:
 def pil_loader(path: str, decode_size: int | None = None) -> Image.Image:
     """Open and fully decode an image as RGB (decoding errors surface here, not later).
 
+    16-bit grey images (PIL modes ``I;16*`` and ``I``) are scaled from 0..65535 to 0..255;
+    PIL's own conversion would clip them, so that a 16-bit PNG would come out nearly white.
     With ``decode_size`` S, a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8)
     that keeps both sides >= S, which is several times faster when the transform shrinks
-    the image anyway; other formats ignore it.
+    the image anyway (benchmarks/data.py: 1.4-1.5x end to end); other formats ignore it.
     """
     with open(path, "rb") as f:
         img = Image.open(f)
         if decode_size:
             img.draft("RGB", (decode_size, decode_size))
+        if img.mode.startswith("I"):
+            grey = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+            img = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L")
         return img.convert("RGB")
 
 
 # Exceptions PIL and the OS raise for missing, truncated or undecodable files.
 _LOAD_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-
-
-class BadSampleLog:
-    """Counts of samples that failed to load, kept in shared memory so that the counts made
-    in DataLoader worker processes add up in the main process.
-
-    Each process writes its own slot (slot 0: the main process, slot 1 + worker id % 63: a
-    worker), so increments never race as long as there are at most 63 workers. ``flags``
-    marks the dataset indices that failed, to name their paths.
-    """
-
-    SLOTS = 64
-
-    def __init__(self, num_samples: int) -> None:
-        self.counts = torch.zeros(self.SLOTS, dtype=torch.int64).share_memory_()
-        self.flags = torch.zeros(max(num_samples, 1), dtype=torch.bool).share_memory_()
-
-    def record(self, index: int) -> None:
-        info = torch.utils.data.get_worker_info()
-        slot = 0 if info is None else 1 + info.id % (self.SLOTS - 1)
-        self.counts[slot] += 1
-        self.flags[index] = True
-
-    @property
-    def count(self) -> int:
-        """Samples skipped since the last :meth:`reset` (summed over workers)."""
-        return int(self.counts.sum())
-
-    def indices(self) -> list[int]:
-        """Dataset indices that have ever failed to load."""
-        return self.flags.nonzero().flatten().tolist()
-
-    def reset(self) -> None:
-        self.counts.zero_()
 
 
 class HierarchicalDataset(Dataset):
@@ -112,16 +80,26 @@ class HierarchicalDataset(Dataset):
     Subclasses implement :meth:`load` (index -> PIL image) and list their per-sample
     attributes in ``_sample_fields`` so that :meth:`subset` can slice them.
 
+    A dataset with a layout on disk (the classes of :data:`hmc.data.DATASETS`) also answers
+    for itself through the class attributes and classmethods below, which
+    :class:`hmc.training.HMCDataModule` asks instead of switching on dataset names.
+
     Args:
         hierarchy: the label tree; ``targets`` index its columns.
         targets: [n] long, node column per sample (negative = unlabelled).
         transform: applied to the PIL image.
         on_bad_sample: ``"raise"`` (default) raises :class:`BadSampleError` naming the path;
-            ``"skip"`` returns ``None`` instead, counted in :attr:`bad_samples`; batch such
-            datasets with :func:`hmc.data.skip_bad_collate`, which drops the ``None``s.
+            ``"skip"`` returns ``None`` instead; batch such datasets with
+            :func:`hmc.data.skip_bad_collate`, which drops the ``None``s and warns once.
     """
 
     _sample_fields: tuple[str, ...] = ()
+
+    #: Name of the shipped hierarchy used when none is given (None: see default_hierarchy).
+    hierarchy_name: ClassVar[str | None] = None
+    #: Transform preset and image side that suit the images (see build_transforms).
+    default_preset: ClassVar[str] = "paper"
+    default_image_size: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -143,8 +121,39 @@ class HierarchicalDataset(Dataset):
         self.targets = targets
         self.transform = transform
         self.on_bad_sample = on_bad_sample
-        self.bad_samples = BadSampleLog(len(targets))
 
+    # ----------------------------------------- the dataset on disk, for HMCDataModule
+    @classmethod
+    def default_hierarchy(cls, root: str | Path) -> Hierarchy:
+        """The hierarchy used when none is given: the shipped ``hierarchy_name`` tree."""
+        if cls.hierarchy_name is None:
+            raise ValueError(f"{cls.__name__} needs a `hierarchy` (a name or a file)")
+        return load_hierarchy(cls.hierarchy_name)
+
+    @classmethod
+    def has_val_split(cls, root: str | Path) -> bool:
+        """Whether the data ships a validation split; if not, train and val are carved from
+        ``"trainval"`` by :func:`train_val_split`."""
+        return False
+
+    @classmethod
+    def prepare(cls, root: str | Path, download: bool = False, **dataset_kwargs: Any) -> None:
+        """Make the files ready under ``root`` (download only when ``download``). Receives
+        the constructor's keyword arguments; this default can download nothing."""
+        if download:
+            raise ValueError(
+                f"{cls.__name__} cannot be downloaded automatically; download it by hand and "
+                f"extract it under {root}"
+            )
+
+    @classmethod
+    def from_split(
+        cls, root: str | Path, split: str, hierarchy: Hierarchy, **dataset_kwargs: Any
+    ) -> HierarchicalDataset:
+        """The official ``split`` ("train", "val", "trainval" or "test") under ``root``."""
+        return cls(root, split, hierarchy=hierarchy, **dataset_kwargs)
+
+    # ------------------------------------------------------------------ samples
     def __len__(self) -> int:
         return len(self.targets)
 
@@ -154,10 +163,10 @@ class HierarchicalDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int] | None:
         try:
             image = self.load(index)
-        except BadSampleError:
+        except BadSampleError as e:
             if self.on_bad_sample == "raise":
                 raise
-            self.bad_samples.record(index)
+            log.debug("skipping sample %d: %s", index, e)
             return None
         if self.transform is not None:
             image = self.transform(image)
@@ -182,7 +191,6 @@ class HierarchicalDataset(Dataset):
                 setattr(new, field, value[idx])
             else:
                 setattr(new, field, np.asarray(value)[np_idx])
-        new.bad_samples = BadSampleLog(len(idx))
         return new
 
     def with_targets(self, targets: torch.Tensor) -> HierarchicalDataset:
@@ -194,16 +202,18 @@ class HierarchicalDataset(Dataset):
             )
         new = copy.copy(self)
         new.targets = targets
-        new.bad_samples = BadSampleLog(len(targets))
         return new
 
     # ------------------------------------------------------------------- repr
     def extra_repr(self) -> str:
-        return ""
+        split = getattr(self, "split", None)
+        root = getattr(self, "root", None)
+        parts = ([f"split={split!r}"] if split else []) + ([f"root='{root}'"] if root else [])
+        return ", ".join(parts)
 
     def __repr__(self) -> str:
         counts = ", ".join(
-            f"{k}={v}" for k, v in level_counts(self.targets, self.hierarchy).items()
+            f"{k}={v}" for k, v in level_counts(self.hierarchy, self.targets).items()
         )
         extra = self.extra_repr()
         extra = f"{extra}, " if extra else ""
@@ -211,13 +221,19 @@ class HierarchicalDataset(Dataset):
 
 
 class ImageFileDataset(HierarchicalDataset):
-    """Images on disk, decoded lazily by ``loader`` (default: PIL, RGB).
+    """Images on disk, decoded lazily by ``loader`` (default: :func:`pil_loader`, RGB).
 
     Args:
+        hierarchy: the label tree.
         paths: [n] image paths.
         targets: [n] node columns.
         boxes: optional [n, 4] float boxes (x, y, width, height) to crop to before
             ``transform``.
+        origins: optional [n] where each row was read (``file:line``), named in errors.
+
+    An image listed more than once with the same target is kept once, with one warning that
+    counts the duplicates; listed with two different targets it is an error naming both
+    origins and the image (so that a train/val carve never puts one image in both splits).
 
     ``decode_size`` (attribute, default None) lets the default loader decode JPEGs at a
     reduced scale whose sides stay >= that size (see :func:`pil_loader`); the data module
@@ -227,14 +243,16 @@ class ImageFileDataset(HierarchicalDataset):
     decode_size: int | None = None
 
     _sample_fields = ("paths", "boxes")
+    _unique_paths = True
 
     def __init__(
         self,
+        hierarchy: Hierarchy,
         paths: Sequence[str],
         targets: torch.Tensor,
-        hierarchy: Hierarchy,
         *,
         boxes: torch.Tensor | None = None,
+        origins: Sequence[str] | None = None,
         loader: Callable[[str], Image.Image] | None = None,
         transform: Callable | None = None,
         on_bad_sample: str = "raise",
@@ -246,6 +264,18 @@ class ImageFileDataset(HierarchicalDataset):
             raise ValueError(f"{len(self.paths)} paths but {len(self.targets)} targets")
         self.boxes = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float64)
         self.loader = loader or pil_loader
+        if self._unique_paths and len(self.paths):
+            nodes = hierarchy.nodes
+            labels = [nodes[t] if t >= 0 else None for t in self.targets.tolist()]
+            keep = unique_rows(
+                self.paths.tolist(),
+                labels,
+                origins or [f"row {i}" for i in range(len(self.paths))],
+                what="label",
+            )
+            if len(keep) < len(self.paths):
+                kept = self.subset(keep)
+                self.paths, self.targets, self.boxes = kept.paths, kept.targets, kept.boxes
 
     def load(self, index: int) -> Image.Image:
         path = str(self.paths[index])
@@ -273,9 +303,9 @@ class ArrayDataset(HierarchicalDataset):
 
     def __init__(
         self,
+        hierarchy: Hierarchy,
         data: np.ndarray | torch.Tensor,
         targets: torch.Tensor,
-        hierarchy: Hierarchy,
         *,
         transform: Callable | None = None,
         on_bad_sample: str = "raise",
@@ -290,7 +320,7 @@ class ArrayDataset(HierarchicalDataset):
 
 
 # ---------------------------------------------------------- counts and splits
-def level_counts(targets: torch.Tensor, hierarchy: Hierarchy) -> dict[str, int]:
+def level_counts(hierarchy: Hierarchy, targets: torch.Tensor) -> dict[str, int]:
     """Number of labels at each level (by level name), plus ``unlabelled`` if any."""
     targets = torch.as_tensor(targets, dtype=torch.long)
     valid = targets >= 0
@@ -343,19 +373,20 @@ def stratified_split(
     return (~held).nonzero().flatten(), held.nonzero().flatten()
 
 
-def split_rows(
-    targets: torch.Tensor, is_train: torch.Tensor, split: str, val_fraction: float, seed: int
-) -> torch.Tensor:
-    """Indices of ``split`` given an official train/test flag: train and val are carved from
-    the official training set by :func:`stratified_split`; trainval is all of it."""
-    check_choice("split", split, SPLITS)
-    train_idx = is_train.nonzero().flatten()
-    if split == "test":
-        return (~is_train).nonzero().flatten()
-    if split == "trainval":
-        return train_idx
-    keep, held = stratified_split(targets[train_idx], val_fraction, seed)
-    return train_idx[keep if split == "train" else held]
+def train_val_split(
+    pool: HierarchicalDataset, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[HierarchicalDataset, HierarchicalDataset]:
+    """(train, val) carved from a training pool (a dataset's ``"trainval"`` split) by
+    :func:`stratified_split`: ``val_fraction`` of each class, rounded, goes to val.
+
+    The only place where hmc divides training data: datasets load their official splits,
+    and :class:`hmc.training.HMCDataModule` calls this for datasets without a val split.
+    """
+    keep, held = stratified_split(pool.targets, val_fraction, seed)
+    train, val = pool.subset(keep), pool.subset(held)
+    if hasattr(pool, "split"):  # the repr names the split each now is
+        train.split, val.split = "train", "val"
+    return train, val
 
 
 def limit_per_class(dataset: HierarchicalDataset, max_per_class: int | None) -> HierarchicalDataset:
@@ -368,3 +399,14 @@ def limit_per_class(dataset: HierarchicalDataset, max_per_class: int | None) -> 
     t = dataset.targets
     rank = rank_within_groups(t, torch.arange(len(t)))
     return dataset.subset((rank < max_per_class).nonzero().flatten())
+
+
+def check_split(dataset: type, split: str, official: Sequence[str]) -> None:
+    """Raise naming the official splits (and :func:`train_val_split`) for any other."""
+    check_choice("split", split, SPLITS)
+    if split not in official:
+        raise ValueError(
+            f"{dataset.__name__} has no official {split!r} split (it has {list(official)}); "
+            f"load 'trainval' and divide it with hmc.data.train_val_split(dataset, "
+            f"val_fraction, seed), as HMCDataModule does"
+        )

@@ -1,15 +1,29 @@
-"""Reading datasets' own annotation files: label lookup, text tables, layout checks, image
-listing. Every error names the file (and line) at fault."""
+"""Reading datasets' own annotation files: label lookup, text tables, duplicate rows, layout
+checks, image listing. Every error names the file (and line) at fault."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from hmc.hierarchy import Hierarchy, UnknownLabelError
 
-__all__ = ["LabelResolver", "find_root", "image_files", "read_rows", "require"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DuplicateRowsWarning",
+    "LabelResolver",
+    "find_root",
+    "image_files",
+    "list_images",
+    "read_rows",
+    "require",
+    "unique_rows",
+]
+
+#: File suffixes (lower case) read as images by every folder search: datasets and ``hmc predict``.
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
 
 # ------------------------------------------------------------------ label lookup
@@ -92,11 +106,76 @@ def find_root(root: str | Path, folder: str, marker: str, dataset: str) -> Path:
     return root
 
 
-def image_files(folder: Path, extensions: Sequence[str]) -> list[Path]:
-    """Image files below ``folder``, recursively, sorted."""
-    exts = tuple(e.lower() for e in extensions)
+# --------------------------------------------------------------- duplicate rows
+class DuplicateRowsWarning(UserWarning):
+    """Rows that list an image already listed with the same label; they are dropped."""
+
+
+def unique_rows(
+    keys: Sequence[str], values: Sequence[Hashable], origins: Sequence[str], what: str = "label"
+) -> list[int]:
+    """Indices of the rows to keep: the first row of each key (an image).
+
+    A key repeated with an equal value is a duplicate: dropped, and all of them counted in
+    one :class:`DuplicateRowsWarning`. A key repeated with another value raises ValueError
+    naming both rows' ``origins`` (``file:line``), the key and the two values (``what``).
+    """
+    first: dict[str, int] = {}
+    keep: list[int] = []
+    dropped: list[int] = []
+    for i, key in enumerate(keys):
+        j = first.setdefault(key, i)
+        if j == i:
+            keep.append(i)
+        elif values[j] == values[i]:
+            dropped.append(i)
+        else:
+            raise ValueError(
+                f"{origins[j]} and {origins[i]}: image {key} is listed twice, with {what} "
+                f"{values[j]!r} and {values[i]!r}; keep one row"
+            )
+    if dropped:
+        i = dropped[0]
+        warnings.warn(
+            f"dropped {len(dropped)} duplicate row(s) that repeat an image with the same "
+            f"{what}, e.g. {origins[i]} repeats {origins[first[keys[i]]]} (image {keys[i]})",
+            DuplicateRowsWarning,
+            stacklevel=3,
+        )
+    return keep
+
+
+# --------------------------------------------------------------------- images
+def image_files(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Image files below ``folder``, recursively (symlinked folders not followed), sorted."""
+    suffixes = tuple(s.lower() for s in suffixes)
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(exts))
-    return out
+    for dirpath, _, filenames in os.walk(folder):
+        out.extend(Path(dirpath) / f for f in filenames if f.lower().endswith(suffixes))
+    return sorted(out)
+
+
+def list_images(
+    paths: Iterable[str | Path] | str | Path, suffixes: Sequence[str] = IMAGE_SUFFIXES
+) -> list[Path]:
+    """Image files given directly, or found in folders by :func:`image_files`, in the given
+    order. The one lister behind ``HMCDataModule(predict_paths=...)`` and ``hmc predict``."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files: list[Path] = []
+    for p in map(Path, paths):
+        p = p.expanduser()
+        if p.is_dir():
+            found = image_files(p, suffixes)
+            if not found:
+                raise FileNotFoundError(
+                    f"folder {str(p)!r} holds no images (looked for {list(suffixes)})"
+                )
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {str(p)!r}")
+    if not files:
+        raise ValueError("Expected at least one image file or folder, but got none")
+    return files

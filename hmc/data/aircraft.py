@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
-from hmc.data._base import SPLITS, ImageFileDataset, as_hierarchy, check_choice
-from hmc.data._layout import LabelResolver, find_root, read_rows, require
+from hmc.checks import check_choice
+from hmc.data._base import SPLITS, ImageFileDataset, as_hierarchy, check_split
+from hmc.data._layout import LabelResolver, find_root, read_rows, require, unique_rows
 from hmc.hierarchy import Hierarchy, HierarchyError
 
 __all__ = ["FGVCAircraft"]
@@ -28,22 +30,25 @@ class FGVCAircraft(ImageFileDataset):
     as in the shipped ``aircraft`` hierarchy. The other levels' files, when present, must
     agree with the hierarchy (an image whose family file says X while its variant sits under
     Y is an error naming both), which catches a hierarchy that does not fit the data.
+    ``prepare(root, download=True)`` downloads it through torchvision.
     """
+
+    hierarchy_name = "aircraft"
 
     def __init__(
         self,
         root: str | Path,
         split: str = "trainval",
-        hierarchy: str | Path | Hierarchy = "aircraft",
         *,
+        hierarchy: str | Path | Hierarchy | None = None,
         annotation_level: str = "variant",
         transform: Callable | None = None,
         loader: Callable[[str], Image.Image] | None = None,
         on_bad_sample: str = "raise",
     ) -> None:
-        check_choice("split", split, SPLITS)
+        check_split(type(self), split, SPLITS)
         check_choice("annotation_level", annotation_level, LEVELS)
-        h = as_hierarchy(hierarchy)
+        h = as_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
         self.root = base = find_root(root, "fgvc-aircraft-2013b", "data", "FGVCAircraft")
         data = base / "data"
         label_file = f"images_{annotation_level}_{split}.txt"
@@ -56,14 +61,16 @@ class FGVCAircraft(ImageFileDataset):
         labels = {level: _read_labels(data / f"images_{level}_{split}.txt") for level in LEVELS}
         image_names = list(labels[annotation_level])
         resolve = LabelResolver(h, allow_names=False)
-        targets = []
+        targets, origins = [], []
         for lineno, label in labels[annotation_level].values():
-            targets.append(resolve(f"{annotation_level}:{label}", f"{data / label_file}:{lineno}"))
+            origins.append(f"{data / label_file}:{lineno}")
+            targets.append(resolve(f"{annotation_level}:{label}", origins[-1]))
         self._check_levels(h, labels, annotation_level, data, split)
         super().__init__(
+            h,
             [str(data / "images" / f"{n}.jpg") for n in image_names],
             torch.tensor(targets, dtype=torch.long),
-            h,
+            origins=origins,
             loader=loader,
             transform=transform,
             on_bad_sample=on_bad_sample,
@@ -99,6 +106,18 @@ class FGVCAircraft(ImageFileDataset):
                         f"{expect!r}, but the hierarchy puts {node!r} under {sorted(ancestors)}"
                     )
 
+    @classmethod
+    def has_val_split(cls, root: str | Path) -> bool:
+        return True
+
+    @classmethod
+    def prepare(cls, root: str | Path, download: bool = False, **dataset_kwargs: Any) -> None:
+        """Download through torchvision when ``download`` (into ``root/fgvc-aircraft-2013b``)."""
+        if download:
+            from torchvision.datasets import FGVCAircraft as TV
+
+            TV(str(root), download=True)
+
     def extra_repr(self) -> str:
         return (
             f"split={self.split!r}, annotation_level={self.annotation_level!r}, root='{self.root}'"
@@ -106,7 +125,13 @@ class FGVCAircraft(ImageFileDataset):
 
 
 def _read_labels(path: Path) -> dict[str, tuple[int, str]] | None:
-    """image name -> (line number, label) of an ``images_<level>_<split>.txt`` file."""
+    """image name -> (line number, label) of an ``images_<level>_<split>.txt`` file; a
+    repeated line is dropped with a warning, a contradicting one is an error."""
     if not path.is_file():
         return None
-    return {name: (lineno, label) for lineno, (name, label) in read_rows(path, 2, split_all=False)}
+    rows = [(lineno, name, label) for lineno, (name, label) in read_rows(path, 2, split_all=False)]
+    keep = unique_rows(
+        [name for _, name, _ in rows], [label for *_, label in rows],
+        [f"{path}:{lineno}" for lineno, *_ in rows],
+    )  # fmt: skip
+    return {rows[i][1]: (rows[i][0], rows[i][2]) for i in keep}

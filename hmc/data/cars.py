@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hmc.data._base import SPLITS, ImageFileDataset, as_hierarchy, check_choice, split_rows
+from hmc.data._base import ImageFileDataset, as_hierarchy, check_split
 from hmc.data._layout import LabelResolver, find_root, require
 from hmc.hierarchy import Hierarchy
 
@@ -23,19 +23,19 @@ class StanfordCars(ImageFileDataset):
     ``cars_test/``.
 
     Targets are columns of ``hierarchy`` (default the shipped ``cars``, whose model ids are the
-    class names of ``cars_meta.mat``, e.g. ``AM General Hummer SUV 2000``). Splits: official
-    ``test`` and ``trainval``; ``train``/``val`` divide the training set per class from
-    ``seed``. ``crop_to_bbox`` crops to the annotated box.
+    class names of ``cars_meta.mat``, e.g. ``AM General Hummer SUV 2000``). Splits: the
+    official ``trainval`` (training set) and ``test``; :func:`hmc.data.train_val_split`
+    carves a val split. ``crop_to_bbox`` crops to the annotated box.
     """
+
+    hierarchy_name = "cars"
 
     def __init__(
         self,
         root: str | Path,
-        split: str = "train",
-        hierarchy: str | Path | Hierarchy = "cars",
+        split: str = "trainval",
         *,
-        val_fraction: float = 0.1,
-        seed: int = 0,
+        hierarchy: str | Path | Hierarchy | None = None,
         crop_to_bbox: bool = False,
         transform: Callable | None = None,
         loader: Callable[[str], Image.Image] | None = None,
@@ -43,8 +43,8 @@ class StanfordCars(ImageFileDataset):
     ) -> None:
         import scipy.io  # only this loader needs scipy
 
-        check_choice("split", split, SPLITS)
-        h = as_hierarchy(hierarchy)
+        check_split(type(self), split, ("trainval", "test"))
+        h = as_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
         self.root = base = find_root(root, "stanford_cars", "devkit", "StanfordCars")
         test = split == "test"
         annos = "cars_test_annos_withlabels.mat" if test else "devkit/cars_train_annos.mat"
@@ -75,17 +75,13 @@ class StanfordCars(ImageFileDataset):
         )
         # Boxes are 1-based inclusive pixel coordinates in the devkit.
         boxes = torch.stack([x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1], dim=1)
-        is_train = torch.full((len(records),), not test, dtype=torch.bool)
-        rows = split_rows(targets_t, is_train, split, val_fraction, seed)
         super().__init__(
-            [str(base / image_dir / str(records[i]["fname"])) for i in rows.tolist()],
-            targets_t[rows],
             h,
-            boxes=boxes[rows] if crop_to_bbox else None,
+            [str(base / image_dir / str(r["fname"])) for r in records],
+            targets_t,
+            boxes=boxes if crop_to_bbox else None,
+            origins=[f"{base / annos} (annotation {i})" for i in range(len(records))],
             loader=loader,
             transform=transform,
             on_bad_sample=on_bad_sample,
         )
-
-    def extra_repr(self) -> str:
-        return f"split={self.split!r}, root='{self.root}'"

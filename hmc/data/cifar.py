@@ -5,11 +5,12 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from hmc.data._base import SPLITS, ArrayDataset, as_hierarchy, check_choice, split_rows
+from hmc.data._base import ArrayDataset, as_hierarchy, check_split
 from hmc.data._layout import LabelResolver, find_root, require
 from hmc.hierarchy import Hierarchy, HierarchyError
 
@@ -23,23 +24,26 @@ class CIFAR100(ArrayDataset):
     The files are read directly (torchvision's loader insists on the official checksums), all
     50k/10k images in memory as uint8. Each image is labelled at its fine class (node id =
     torchvision's class name, e.g. ``apple``); the pickled superclass must be that class's
-    ancestor whenever the hierarchy has a node of that name. Splits: official ``test`` and
-    ``trainval``; ``train``/``val`` divide the training set per class from ``seed``.
+    ancestor whenever the hierarchy has a node of that name. Splits: the official
+    ``trainval`` (training set) and ``test``; :func:`hmc.data.train_val_split` carves a val
+    split. ``prepare(root, download=True)`` downloads it through torchvision.
     """
+
+    hierarchy_name = "cifar100"
+    default_preset = "small"
+    default_image_size = 32
 
     def __init__(
         self,
         root: str | Path,
-        split: str = "train",
-        hierarchy: str | Path | Hierarchy = "cifar100",
+        split: str = "trainval",
         *,
-        val_fraction: float = 0.1,
-        seed: int = 0,
+        hierarchy: str | Path | Hierarchy | None = None,
         transform: Callable | None = None,
         on_bad_sample: str = "raise",
     ) -> None:
-        check_choice("split", split, SPLITS)
-        h = as_hierarchy(hierarchy)
+        check_split(type(self), split, ("trainval", "test"))
+        h = as_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
         self.root = base = find_root(root, "cifar-100-python", "meta", "CIFAR100")
         file = "test" if split == "test" else "train"
         require(base, ["meta", file], "CIFAR100")
@@ -71,23 +75,18 @@ class CIFAR100(ArrayDataset):
         targets = class_cols[fine]
         data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         data = data.transpose(0, 2, 3, 1)  # [n, H, W, C] for PIL
-        rows = split_rows(
-            targets,
-            torch.full_like(targets, split != "test", dtype=torch.bool),
-            split,
-            val_fraction,
-            seed,
-        )
         super().__init__(
-            np.ascontiguousarray(data[rows.numpy()]),
-            targets[rows],
-            h,
-            transform=transform,
-            on_bad_sample=on_bad_sample,
+            h, np.ascontiguousarray(data), targets, transform=transform, on_bad_sample=on_bad_sample
         )
 
-    def extra_repr(self) -> str:
-        return f"split={self.split!r}, root='{self.root}'"
+    @classmethod
+    def prepare(cls, root: str | Path, download: bool = False, **dataset_kwargs: Any) -> None:
+        """Download through torchvision when ``download`` (into ``root/cifar-100-python``)."""
+        if download:
+            from torchvision.datasets import CIFAR100 as TV
+
+            for train in (True, False):
+                TV(str(root), train=train, download=True)
 
 
 def _unpickle(path: Path) -> dict:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
-from hmc.data._base import IGNORE, ImageFileDataset, as_hierarchy
-from hmc.data._layout import LabelResolver, image_files
+from hmc.data._base import IGNORE, HierarchicalDataset, ImageFileDataset, as_hierarchy
+from hmc.data._layout import IMAGE_SUFFIXES, LabelResolver, image_files, list_images
 from hmc.hierarchy import VIRTUAL_ROOT, Hierarchy
 
-__all__ = ["CSVDataset", "HierarchyFolder", "ImagePaths", "IMG_EXTENSIONS"]
-
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+__all__ = ["CSVDataset", "HierarchyFolder", "ImagePaths"]
 
 
 class CSVDataset(ImageFileDataset):
@@ -28,13 +27,18 @@ class CSVDataset(ImageFileDataset):
     The file may start with a header; if it names ``path_column`` and ``label_column`` those
     columns are used (other columns are ignored), else the first two columns are path and
     label. The delimiter is a tab for ``.tsv`` files and is sniffed otherwise. Relative paths
-    are relative to ``root`` (default: the CSV's folder).
+    are relative to ``root`` (default: the CSV's folder). A row that repeats an image with the
+    same label is dropped (one warning counts them); with another label it is an error.
+
+    As a :data:`hmc.data.DATASETS` entry (``csv``), the data root is one CSV/TSV file (the
+    ``trainval`` pool) or a folder with ``train.csv`` and optionally ``val.csv`` and
+    ``test.csv`` (or ``.tsv``).
     """
 
     def __init__(
         self,
-        csv_file: str | Path,
         hierarchy: str | Path | Hierarchy,
+        csv_file: str | Path,
         root: str | Path | None = None,
         *,
         path_column: str = "path",
@@ -60,7 +64,7 @@ class CSVDataset(ImageFileDataset):
         if path_column in header and label_column in header:
             start, path_i, label_i = 1, header.index(path_column), header.index(label_column)
         resolve = LabelResolver(h)
-        paths, targets = [], []
+        paths, targets, origins = [], [], []
         for lineno, row in enumerate(rows[start:], start + 1):
             if not row or not any(c.strip() for c in row):
                 continue
@@ -70,19 +74,63 @@ class CSVDataset(ImageFileDataset):
                     f"naming the columns '{path_column}' and '{label_column}' selects them)"
                 )
             label = row[label_i].strip()
-            targets.append(resolve(label, f"{csv_file}:{lineno}") if label else IGNORE)
+            origins.append(f"{csv_file}:{lineno}")
+            targets.append(resolve(label, origins[-1]) if label else IGNORE)
             paths.append(str(root / row[path_i].strip()))
         super().__init__(
+            h,
             paths,
             torch.tensor(targets, dtype=torch.long),
-            h,
+            origins=origins,
             loader=loader,
             transform=transform,
             on_bad_sample=on_bad_sample,
         )
 
+    @staticmethod
+    def split_files(root: str | Path) -> dict[str, Path]:
+        """{split: file} of a data root: a CSV/TSV file is ``trainval``; a folder has
+        ``train`` (``trainval`` without a ``val`` file), ``val`` and ``test`` files."""
+        root = Path(root).expanduser()
+        if root.is_file():
+            return {"trainval": root}
+        files = {}
+        for split in ("train", "val", "test"):
+            for ext in (".csv", ".tsv"):
+                if (root / f"{split}{ext}").is_file():
+                    files[split] = root / f"{split}{ext}"
+        if "train" not in files:
+            raise FileNotFoundError(
+                f"csv: train.csv not found under {root} (root is a CSV/TSV file, or a folder "
+                f"with train.csv and optionally val.csv and test.csv)"
+            )
+        if "val" not in files:
+            files["trainval"] = files.pop("train")
+        return files
+
+    @classmethod
+    def has_val_split(cls, root: str | Path) -> bool:
+        return "val" in cls.split_files(root)
+
+    @classmethod
+    def from_split(
+        cls, root: str | Path, split: str, hierarchy: Hierarchy, **dataset_kwargs: Any
+    ) -> HierarchicalDataset:
+        return cls(
+            hierarchy, _split_source(cls.split_files(root), split, root, "csv"), **dataset_kwargs
+        )
+
     def extra_repr(self) -> str:
         return f"csv='{self.csv_file}'"
+
+
+def _split_source(sources: dict[str, Path], split: str, root: str | Path, kind: str) -> Path:
+    if split not in sources:
+        expect = f"{split}.csv" if kind == "csv" else f"{split}/"
+        raise FileNotFoundError(
+            f"{kind}: no {split} split under {root} (expected {expect}; found {sorted(sources)})"
+        )
+    return sources[split]
 
 
 class HierarchyFolder(ImageFileDataset):
@@ -98,15 +146,18 @@ class HierarchyFolder(ImageFileDataset):
     With ``hierarchy`` given, the tree is not read from the folders: each image's label is its
     folder's relative path if that is a node id, else its folder's name (node id or unique
     display name), so flat ``root/<class>/img.jpg`` folders work with any hierarchy.
+
+    As a :data:`hmc.data.DATASETS` entry (``folder``), the data root is one tree (the
+    ``trainval`` pool) or a folder holding ``train/`` and optionally ``val/`` and ``test/``.
     """
 
     def __init__(
         self,
         root: str | Path,
-        hierarchy: str | Path | Hierarchy | None = None,
         *,
+        hierarchy: str | Path | Hierarchy | None = None,
         level_names: Sequence[str] | None = None,
-        extensions: Sequence[str] = IMG_EXTENSIONS,
+        suffixes: Sequence[str] = IMAGE_SUFFIXES,
         transform: Callable | None = None,
         loader: Callable[[str], Image.Image] | None = None,
         on_bad_sample: str = "raise",
@@ -114,13 +165,13 @@ class HierarchyFolder(ImageFileDataset):
         self.root = root = Path(root).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"HierarchyFolder: root folder {root} not found")
-        files = [p for p in image_files(root, extensions) if p.parent != root]
+        files = [p for p in image_files(root, suffixes) if p.parent != root]
         if not files:
             raise FileNotFoundError(
-                f"HierarchyFolder: no images ({', '.join(extensions)}) in the folders under {root}"
+                f"HierarchyFolder: no images ({', '.join(suffixes)}) in the folders under {root}"
             )
         if hierarchy is None:
-            h = self.scan(root, level_names=level_names, extensions=extensions, files=files)
+            h = self.scan(root, level_names=level_names, suffixes=suffixes, files=files)
         else:
             h = as_hierarchy(hierarchy)
         resolve = LabelResolver(h)
@@ -129,9 +180,9 @@ class HierarchyFolder(ImageFileDataset):
             rel = p.parent.relative_to(root).as_posix()
             targets.append(h.index(rel) if rel in h else resolve(p.parent.name, f"{p}"))
         super().__init__(
+            h,
             [str(p) for p in files],
             torch.tensor(targets, dtype=torch.long),
-            h,
             loader=loader,
             transform=transform,
             on_bad_sample=on_bad_sample,
@@ -142,13 +193,13 @@ class HierarchyFolder(ImageFileDataset):
         root: str | Path,
         *,
         level_names: Sequence[str] | None = None,
-        extensions: Sequence[str] = IMG_EXTENSIONS,
+        suffixes: Sequence[str] = IMAGE_SUFFIXES,
         files: Sequence[Path] | None = None,
     ) -> Hierarchy:
         """The hierarchy of the folders under ``root`` that contain images (at any depth)."""
         root = Path(root).expanduser()
         if files is None:
-            files = [p for p in image_files(root, extensions) if p.parent != root]
+            files = [p for p in image_files(root, suffixes) if p.parent != root]
         edges: dict[str, str] = {}
         names: dict[str, str] = {}
         for p in files:
@@ -168,39 +219,62 @@ class HierarchyFolder(ImageFileDataset):
             metadata={"name": root.name, "source": f"folder tree {root}"},
         )
 
-    def extra_repr(self) -> str:
-        return f"root='{self.root}'"
+    @staticmethod
+    def split_folders(root: str | Path) -> dict[str, Path]:
+        """{split: tree} of a data root: ``train/`` (``trainval`` without ``val/``), ``val/``
+        and ``test/`` when root holds only those, else {"trainval": root}."""
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"folder: root folder {root} not found")
+        subdirs = {p.name for p in root.iterdir() if p.is_dir()}
+        if not ("train" in subdirs and subdirs <= {"train", "val", "test"}):
+            return {"trainval": root}
+        folders = {s: root / s for s in subdirs}
+        if "val" not in folders:
+            folders["trainval"] = folders.pop("train")
+        return folders
+
+    @classmethod
+    def default_hierarchy(cls, root: str | Path) -> Hierarchy:
+        """The tree of the training folders (see :meth:`scan`)."""
+        folders = cls.split_folders(root)
+        return cls.scan(folders.get("train", folders.get("trainval")))
+
+    @classmethod
+    def has_val_split(cls, root: str | Path) -> bool:
+        return "val" in cls.split_folders(root)
+
+    @classmethod
+    def from_split(
+        cls, root: str | Path, split: str, hierarchy: Hierarchy, **dataset_kwargs: Any
+    ) -> HierarchicalDataset:
+        folder = _split_source(cls.split_folders(root), split, root, "folder")
+        return cls(folder, hierarchy=hierarchy, **dataset_kwargs)
 
 
 class ImagePaths(ImageFileDataset):
-    """Images to predict: files, and folders searched recursively, in the given order.
-    Targets are all -100 (unlabelled); ``.paths`` maps predictions back to files."""
+    """Images to predict: files, and folders searched recursively (:func:`list_images`, as
+    ``hmc predict`` does), in the given order. Targets are all -100 (unlabelled); ``.paths``
+    maps predictions back to files, one row per file found (a file given twice stays twice).
+    """
+
+    _unique_paths = False  # predictions stay aligned with the inputs
 
     def __init__(
         self,
-        paths: Sequence[str | Path] | str | Path,
         hierarchy: str | Path | Hierarchy,
+        paths: Sequence[str | Path] | str | Path,
         *,
-        extensions: Sequence[str] = IMG_EXTENSIONS,
+        suffixes: Sequence[str] = IMAGE_SUFFIXES,
         transform: Callable | None = None,
         loader: Callable[[str], Image.Image] | None = None,
         on_bad_sample: str = "raise",
     ) -> None:
-        if isinstance(paths, (str, Path)):
-            paths = [paths]
-        found: list[str] = []
-        for p in map(Path, paths):
-            p = p.expanduser()
-            if p.is_dir():
-                found.extend(str(f) for f in image_files(p, extensions))
-            elif p.exists():
-                found.append(str(p))
-            else:
-                raise FileNotFoundError(f"ImagePaths: {p} not found")
+        found = [str(p) for p in list_images(paths, suffixes)]
         super().__init__(
+            as_hierarchy(hierarchy),
             found,
             torch.full((len(found),), IGNORE, dtype=torch.long),
-            as_hierarchy(hierarchy),
             loader=loader,
             transform=transform,
             on_bad_sample=on_bad_sample,

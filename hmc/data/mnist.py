@@ -1,4 +1,4 @@
-"""Fashion-MNIST, the offline demo dataset: in memory as uint8, optionally subsampled."""
+"""Fashion-MNIST, the offline demo dataset: in memory as uint8."""
 
 from __future__ import annotations
 
@@ -8,17 +8,11 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from hmc.data._base import (
-    SPLITS,
-    ArrayDataset,
-    as_hierarchy,
-    check_choice,
-    limit_per_class,
-    split_rows,
-)
+from hmc.data._base import ArrayDataset, as_hierarchy, check_split
 from hmc.data._layout import LabelResolver
 from hmc.hierarchy import Hierarchy
 
@@ -44,19 +38,21 @@ class FashionMNIST(ArrayDataset):
     in ``raw/`` by a torchvision download are decompressed the same way.
 
     Images are 28x28 grey, held as uint8; the transforms make them 3-channel. Leaf ids are
-    torchvision's class names (``T-shirt/top``, ...). ``max_per_class`` keeps the first n of
-    each class (before the train/val division) for quick CPU demos.
+    torchvision's class names (``T-shirt/top``, ...). Splits: the official ``trainval``
+    (60k training images) and ``test``; :func:`hmc.data.train_val_split` carves a val split
+    and :func:`hmc.data.limit_per_class` subsamples for quick CPU demos.
     """
+
+    hierarchy_name = "fashion-mnist"
+    default_preset = "small"
+    default_image_size = 32
 
     def __init__(
         self,
         root: str | Path,
-        split: str = "train",
-        hierarchy: str | Path | Hierarchy = "fashion-mnist",
+        split: str = "trainval",
         *,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        max_per_class: int | None = None,
+        hierarchy: str | Path | Hierarchy | None = None,
         transform: Callable | None = None,
         on_bad_sample: str = "raise",
         system_dir: str | Path | None = DEBIAN_DIR,
@@ -64,8 +60,8 @@ class FashionMNIST(ArrayDataset):
         from torchvision.datasets import FashionMNIST as TVFashionMNIST
         from torchvision.datasets.mnist import read_image_file, read_label_file
 
-        check_choice("split", split, SPLITS)
-        h = as_hierarchy(hierarchy)
+        check_split(type(self), split, ("trainval", "test"))
+        h = as_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
         self.root = Path(root).expanduser()
         self.split = split
         raw = self.raw_folder(self.root)
@@ -86,25 +82,35 @@ class FashionMNIST(ArrayDataset):
                 f"{raw / files[1]}: label {int(labels[i])} of image {i} is not a class index "
                 f"0..{len(class_cols) - 1}"
             )
-        targets = class_cols[labels]
         super().__init__(
-            images.numpy(), targets, h, transform=transform, on_bad_sample=on_bad_sample
+            h, images.numpy(), class_cols[labels], transform=transform, on_bad_sample=on_bad_sample
         )
-        if max_per_class is not None:
-            kept = limit_per_class(self, max_per_class)
-            self.data, self.targets = kept.data, kept.targets
-        is_train = torch.full((len(self.targets),), split != "test", dtype=torch.bool)
-        rows = split_rows(self.targets, is_train, split, val_fraction, seed)
-        if len(rows) != len(self.targets):
-            self.data, self.targets = self.data[rows.numpy()], self.targets[rows]
-        self.bad_samples = type(self.bad_samples)(len(self.targets))
 
     @staticmethod
     def raw_folder(root: str | Path) -> Path:
         return Path(root).expanduser() / "FashionMNIST" / "raw"
 
-    def extra_repr(self) -> str:
-        return f"split={self.split!r}, root='{self.root}'"
+    @classmethod
+    def prepare(
+        cls,
+        root: str | Path,
+        download: bool = False,
+        system_dir: str | Path | None = DEBIAN_DIR,
+        **dataset_kwargs: Any,
+    ) -> None:
+        """Decompress the raw files from ``system_dir`` (the Debian package) or ``raw/*.gz``;
+        failing that, download through torchvision when ``download``."""
+        try:
+            ensure_raw_files(
+                cls.raw_folder(root), RAW_FILES["train"] + RAW_FILES["test"], system_dir
+            )
+        except FileNotFoundError:
+            if not download:
+                raise
+            from torchvision.datasets import FashionMNIST as TV
+
+            for train in (True, False):
+                TV(str(Path(root).expanduser()), train=train, download=True)
 
 
 def ensure_raw_files(raw: Path, files: tuple[str, ...], system_dir: str | Path | None) -> None:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from hmc.data._base import check_choice, group_sizes, level_counts, rank_within_groups
+from hmc.checks import check_choice
+from hmc.data._base import group_sizes, rank_within_groups
 from hmc.hierarchy import Hierarchy
 
-__all__ = ["RelabelConfig", "relabel_targets", "level_counts", "SELECTIONS"]
+__all__ = ["RelabelConfig", "relabel_targets", "SELECTIONS"]
 
 SELECTIONS = ("first", "random")
 
@@ -34,6 +35,10 @@ class RelabelConfig:
         picks them with ``seed``.
     seed: seed of the random choices (selection and ancestor level), independent of all
         other seeds.
+
+    ``ratio`` and ``selection`` are checked when the config is built (a config file's
+    ``relabel.ratio: -0.1`` fails as it is read); ``to`` needs the hierarchy:
+    :meth:`check` (``HMCDataModule`` calls it in ``__init__``).
     """
 
     ratio: float = 0.0
@@ -41,10 +46,27 @@ class RelabelConfig:
     selection: str = "first"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _check_options(self.ratio, self.selection)
+
+    def check(self, hierarchy: Hierarchy) -> None:
+        """Raise unless ``to`` names a level of ``hierarchy`` (or is parent/random)."""
+        _parse_to(hierarchy, self.to)
+
+    def apply(self, hierarchy: Hierarchy, targets: torch.Tensor) -> torch.Tensor:
+        """:func:`relabel_targets` with these settings."""
+        return relabel_targets(hierarchy, targets, self.ratio, self.to, self.selection, self.seed)
+
+
+def _check_options(ratio: float, selection: str) -> None:
+    if not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"Expected argument `ratio` to be in [0, 1], but got {ratio!r}")
+    check_choice("selection", selection, SELECTIONS)
+
 
 def relabel_targets(
-    targets: torch.Tensor,
     hierarchy: Hierarchy,
+    targets: torch.Tensor,
     ratio: float,
     to: str | int = "parent",
     selection: str = "first",
@@ -58,8 +80,8 @@ def relabel_targets(
     labels and unlabelled samples (< 0) are left alone.
 
     Args:
-        targets: [n] node columns.
         hierarchy: the tree the columns index.
+        targets: [n] node columns.
         ratio: in [0, 1].
         to: ``"parent"``, a level name or number 1..D, or ``"random"``.
         selection: ``"first"`` (dataset order; the paper's behaviour) or ``"random"``.
@@ -68,9 +90,7 @@ def relabel_targets(
     Returns:
         [n] long, new node columns (a new tensor; ``targets`` is not modified).
     """
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"Expected argument `ratio` to be in [0, 1], but got {ratio}")
-    check_choice("selection", selection, SELECTIONS)
+    _check_options(ratio, selection)
     targets = torch.as_tensor(targets, dtype=torch.long)
     t = hierarchy.tensors()
     out = targets.clone()
@@ -107,20 +127,16 @@ def relabel_targets(
 
 
 def _parse_to(hierarchy: Hierarchy, to: str | int) -> tuple[str, int]:
+    """("parent" | "random", 0) or ("level", level number); a level by name or number."""
     if to in ("parent", "random"):
         return str(to), 0
-    if isinstance(to, str) and to.lstrip("-").isdigit():
+    if isinstance(to, str) and to.isdigit():  # "2" from a command line
         to = int(to)
-    if isinstance(to, int):
-        if not 1 <= to <= hierarchy.num_levels:
-            raise ValueError(
-                f"Expected argument `to` to be 'parent', 'random', a level in "
-                f"1..{hierarchy.num_levels} or one of {list(hierarchy.level_names)}, but got {to}"
-            )
-        return "level", to
-    if to not in hierarchy.level_names:
+    try:
+        return "level", hierarchy.level_number(to)
+    except (ValueError, TypeError):
         raise ValueError(
             f"Expected argument `to` to be one of "
-            f"{['parent', 'random', *hierarchy.level_names]}, but got {to!r}"
-        )
-    return "level", hierarchy.level_names.index(to) + 1
+            f"{['parent', 'random', *hierarchy.level_names]} or a level in "
+            f"1..{hierarchy.num_levels}, but got {to!r}"
+        ) from None

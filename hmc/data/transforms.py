@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmc.data._base import check_choice
+from hmc.checks import check_choice
 
 __all__ = ["PRESETS", "build_transforms", "decode_size", "default_image_size"]
 

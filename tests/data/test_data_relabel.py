@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 import hmc.data as D
-from hmc.data.relabel import relabel_targets
+from hmc.data import relabel_targets
 from hmc.hierarchy import Hierarchy
 
 
@@ -25,7 +25,7 @@ def _targets(h: Hierarchy, per_class: list[int]) -> torch.Tensor:
 def test_parent_relabel_counts_follow_the_paper():
     h = bird_hierarchy()
     t = _targets(h, [30, 10, 7, 1, 0])
-    new = relabel_targets(t, h, 0.7, to="parent")
+    new = relabel_targets(h, t, 0.7, to="parent")
     leaves = h.tensors().leaves
     for i, n in enumerate([30, 10, 7, 1]):
         rows = t == leaves[i]
@@ -36,7 +36,7 @@ def test_parent_relabel_counts_follow_the_paper():
         assert set(new[rows][new[rows] != t[rows]].tolist()) <= {
             h.index(h.parent(h.nodes[leaves[i]]))
         }
-    assert D.level_counts(new, h) == {
+    assert D.level_counts(h, new) == {
         "order": 0,
         "family": 21 + 7 + 4 + 0,
         "species": 9 + 3 + 3 + 1,
@@ -48,7 +48,7 @@ def test_first_selection_relabels_the_tail_of_each_class_in_list_order():
     leaves = h.tensors().leaves
     # Two classes interleaved: A B A B A B A B
     t = leaves[[0, 1] * 4]
-    new = relabel_targets(t, h, 0.5, selection="first")
+    new = relabel_targets(h, t, 0.5, selection="first")
     changed = (new != t).nonzero().flatten().tolist()
     assert changed == [4, 5, 6, 7]  # the last two of each class
 
@@ -56,19 +56,21 @@ def test_first_selection_relabels_the_tail_of_each_class_in_list_order():
 def test_levels_and_random_levels():
     h = bird_hierarchy()
     t = _targets(h, [20, 20, 20, 20, 20])
-    to_order = relabel_targets(t, h, 1.0, to="order")
+    to_order = relabel_targets(h, t, 1.0, to="order")
     assert (h.tensors().levels[to_order] == 1).all()
-    assert torch.equal(to_order, relabel_targets(t, h, 1.0, to=1))
-    rnd = relabel_targets(t, h, 1.0, to="random", seed=3)
+    assert torch.equal(to_order, relabel_targets(h, t, 1.0, to=1))
+    rnd = relabel_targets(h, t, 1.0, to="random", seed=3)
     lv = h.tensors().levels[rnd]
     assert set(lv.tolist()) == {1, 2}  # both ancestor levels occur; species never stays
-    assert torch.equal(h.tensors().paths[t].gather(1, (lv - 1)[:, None]).flatten(), rnd)  # true ancestors
+    assert torch.equal(
+        h.tensors().paths[t].gather(1, (lv - 1)[:, None]).flatten(), rnd
+    )  # true ancestors
 
 
 def test_coarse_unlabelled_and_level_one_leaves_are_left_alone():
     h = Hierarchy.from_paths([("a", "a1"), ("a", "a2"), ("b",)], level_names=["top", "leaf"])
     t = torch.tensor([h.index("a1")] * 4 + [h.index("a")] * 3 + [h.index("b")] * 2 + [-100])
-    new = relabel_targets(t, h, 1.0)
+    new = relabel_targets(h, t, 1.0)
     assert new.tolist() == [h.index("a")] * 7 + [h.index("b")] * 2 + [-100]
     assert t[0] == h.index("a1")  # input untouched
 
@@ -76,14 +78,14 @@ def test_coarse_unlabelled_and_level_one_leaves_are_left_alone():
 def test_seeded_random_selection_is_deterministic_and_seed_dependent():
     h = bird_hierarchy()
     t = _targets(h, [40, 40, 40, 40, 40])
-    a = relabel_targets(t, h, 0.5, selection="random", seed=7)
+    a = relabel_targets(h, t, 0.5, selection="random", seed=7)
     torch.manual_seed(0)
-    b = relabel_targets(t, h, 0.5, selection="random", seed=7)
+    b = relabel_targets(h, t, 0.5, selection="random", seed=7)
     torch.manual_seed(1)
-    c = relabel_targets(t, h, 0.5, selection="random", seed=8)
+    c = relabel_targets(h, t, 0.5, selection="random", seed=8)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert int((a != t).sum()) == int((c != t).sum()) == 100
-    first = relabel_targets(t, h, 0.5, selection="first")
+    first = relabel_targets(h, t, 0.5, selection="first")
     assert not torch.equal(a, first)
 
 
@@ -91,13 +93,31 @@ def test_bad_arguments():
     h = bird_hierarchy()
     t = _targets(h, [2, 2, 2, 2, 2])
     with pytest.raises(ValueError, match=r"`ratio` to be in \[0, 1\], but got 1.5"):
-        relabel_targets(t, h, 1.5)
+        relabel_targets(h, t, 1.5)
     with pytest.raises(ValueError, match=r"`to` to be one of \['parent', 'random', 'order'"):
-        relabel_targets(t, h, 0.5, to="genus")
+        relabel_targets(h, t, 0.5, to="genus")
     with pytest.raises(ValueError, match=r"`selection` to be one of \['first', 'random'\]"):
-        relabel_targets(t, h, 0.5, selection="last")
-    with pytest.raises(ValueError, match=r"a level in 1..3"):
-        relabel_targets(t, h, 0.5, to=4)
+        relabel_targets(h, t, 0.5, selection="last")
+    with pytest.raises(ValueError, match=r"or a level in 1..3, but got 4"):
+        relabel_targets(h, t, 0.5, to=4)
+    assert torch.equal(relabel_targets(h, t, 1.0, to="2"), relabel_targets(h, t, 1.0, to=2))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"ratio": -0.1}, r"`ratio` to be in \[0, 1\], but got -0.1"),
+     ({"ratio": 1.5}, r"`ratio` to be in \[0, 1\]"),
+     ({"selection": "last"}, r"`selection` to be one of \['first', 'random'\]")],
+)  # fmt: skip
+def test_relabel_config_is_checked_when_built(options, message):
+    with pytest.raises(ValueError, match=message):
+        D.RelabelConfig(**options)
+
+
+def test_relabel_config_checks_its_level_against_the_hierarchy():
+    D.RelabelConfig(ratio=0.5, to="family").check(bird_hierarchy())
+    with pytest.raises(ValueError, match=r"`to` to be one of \['parent', 'random', 'order'"):
+        D.RelabelConfig(ratio=0.5, to="genus").check(bird_hierarchy())
 
 
 @given(
@@ -109,7 +129,7 @@ def test_bad_arguments():
 def test_relabel_properties(per_class, ratio, selection, seed):
     h = bird_hierarchy()
     t = _targets(h, per_class)
-    new = relabel_targets(t, h, ratio, "parent", selection, seed)
+    new = relabel_targets(h, t, ratio, "parent", selection, seed)
     moved = new != t
     paths = h.tensors().paths
     # Every changed label is the parent; per class about ratio * n move (within float rounding).
@@ -129,8 +149,8 @@ def _collect(ds, num_workers):
 def test_relabelled_dataset_is_identical_in_every_worker(tmp_path):
     make_cub(tmp_path, train_per_class=8, test_per_class=1)
     tf = D.build_transforms("small", train=False, image_size=8)
-    ds = D.CUB200(tmp_path, "trainval", bird_hierarchy(), transform=tf)
-    new = relabel_targets(ds.targets, ds.hierarchy, 0.5, selection="random", seed=11)
+    ds = D.CUB200(tmp_path, "trainval", hierarchy=bird_hierarchy(), transform=tf)
+    new = relabel_targets(ds.hierarchy, ds.targets, 0.5, selection="random", seed=11)
     rel = ds.with_targets(new)
     assert torch.equal(_collect(rel, 0), new)
     assert torch.equal(_collect(rel, 2), new)

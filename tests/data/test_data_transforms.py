@@ -69,7 +69,7 @@ def test_balanced_weights_balance_each_level():
         leaves[4].repeat(1), torch.tensor([h.index("Parulidae")] * 3),
         torch.tensor([h.index("Passeriformes")] * 2), torch.tensor([-100]),
     ])  # fmt: skip
-    w = D.balanced_weights(t, h, "family")
+    w = D.balanced_weights(h, t, "family")
     groups = {
         "Diomedeidae": slice(0, 10), "Parulidae": slice(10, 20), "Corvidae": slice(20, 21),
     }  # fmt: skip
@@ -80,7 +80,7 @@ def test_balanced_weights_balance_each_level():
     assert float(w[10:20].sum() + w[21:24].sum()) == pytest.approx(1.0)
     # Order-level labels sit above the level: a group of their own; so does unlabelled.
     assert float(w[24:26].sum()) == pytest.approx(1.0) and float(w[26]) == pytest.approx(1.0)
-    species = D.balanced_weights(t, h, "species")
+    species = D.balanced_weights(h, t, "species")
     assert float(species[:8].sum()) == pytest.approx(float(species[8:10].sum()))
 
 
@@ -89,12 +89,12 @@ def test_class_balanced_sampler_draws_levels_evenly():
     leaves = h.tensors().leaves
     t = torch.cat([leaves[0].repeat(90), leaves[4].repeat(10)])  # 90 albatrosses, 10 jays
     gen = torch.Generator().manual_seed(0)
-    sampler = D.class_balanced_sampler(t, h, "order", num_samples=4000, generator=gen)
+    sampler = D.class_balanced_sampler(h, t, "order", num_samples=4000, generator=gen)
     drawn = t[torch.tensor(list(sampler))]
     share = float((drawn == leaves[4]).float().mean())
     assert 0.45 < share < 0.55  # balanced per order, vs 0.1 without the sampler
-    with pytest.raises(ValueError, match=r"`level` to be one of \['order', 'family', 'species'\]"):
-        D.class_balanced_sampler(t, h, "genus")
+    with pytest.raises(ValueError, match=r"unknown level 'genus'; levels are \['order', 'family'"):
+        D.class_balanced_sampler(h, t, "genus")
 
 
 def test_to_normalized_tensor_matches_torchvision_and_is_plain():
@@ -118,8 +118,7 @@ def test_to_normalized_tensor_matches_torchvision_and_is_plain():
 def test_decode_size_draws_jpegs_smaller_but_never_below_the_size(tmp_path):
     from data_fixtures import write_image
 
-    from hmc.data._base import pil_loader
-    from hmc.data.transforms import decode_size
+    from hmc.data import decode_size, pil_loader
 
     write_image(tmp_path / "a" / "x.jpg", size=(96, 64))
     write_image(tmp_path / "a" / "y.png", size=(96, 64))
