@@ -255,17 +255,23 @@ class HMCModule(pl.LightningModule):
             )
         else:
             opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
-        if max_epochs is not None and max_epochs > 0:
-            total, warmup, interval = max_epochs, hp.warmup_epochs, "epoch"
+        t = self.trainer
+        if t.max_steps in (None, -1) and t.max_epochs is not None and t.max_epochs > 0:
+            total, warmup, interval = t.max_epochs, hp.warmup_epochs, "epoch"
         else:  # max_steps-bounded runs: the same shape, stepped per optimiser step
-            steps = self.trainer.estimated_stepping_batches  # inf: no end, no annealing
-            total = int(steps) if math.isfinite(steps) else 0
-            # estimated_stepping_batches has set up the train loader, so this is known.
-            batches = self.trainer.num_training_batches
-            accumulate = max(1, self.trainer.accumulate_grad_batches)
-            per_epoch = max(1, int(batches) // accumulate) if math.isfinite(batches) else 1
-            warmup, interval = hp.warmup_epochs * per_epoch, "step"
+            steps = t.estimated_stepping_batches  # sets up the train loader if max_epochs > 0
+            total = int(steps) if math.isfinite(steps) else 0  # inf: no end, no annealing
+            warmup, interval = 0, "step"
+            if hp.warmup_epochs:
+                batches = t.num_training_batches
+                if not math.isfinite(batches):
+                    raise ValueError(
+                        "`warmup_epochs` in a run bounded by max_steps needs the batches per "
+                        "epoch: set trainer.max_epochs too (any bound; the first one reached "
+                        "ends the run), or warmup_epochs=0"
+                    )
+                per_epoch = max(1, math.ceil(int(batches) / max(1, t.accumulate_grad_batches)))
+                warmup = hp.warmup_epochs * per_epoch
         sched = _lr_schedule(opt, hp.scheduler if total else "constant", total, warmup)
         if sched is None:
             return opt
@@ -305,6 +311,12 @@ class HMCModule(pl.LightningModule):
         for key in ("hyper_parameters", "datamodule_hyper_parameters"):
             if key in checkpoint:
                 checkpoint[key] = _plain(dict(checkpoint[key]))
+        # The weights are in the checkpoint: rebuilding from it must not download or read the
+        # initial backbone weights again (their source stays in model_config["init_weights"]).
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"].update(
+                pretrained=False, checkpoint_path=None, pretrained_cfg_overlay=None
+            )
         checkpoint[CHECKPOINT_KEY] = {
             "format": CHECKPOINT_FORMAT,
             "hierarchy": self.hierarchy.to_dict(),
@@ -352,8 +364,6 @@ class HMCModule(pl.LightningModule):
             check_hierarchy(
                 stored, resolve_hierarchy(hierarchy), f"checkpoint {str(checkpoint_path)!r}"
             )
-        # Weights come from the checkpoint: never download or read the backbone's weights.
-        kwargs.update(pretrained=False, checkpoint_path=None, pretrained_cfg_overlay=None)
         return super().load_from_checkpoint(
             checkpoint_path,
             map_location=map_location,

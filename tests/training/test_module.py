@@ -1,6 +1,7 @@
 """HMCModule under a real pl.Trainer on tiny in-memory data: losses per head, optimiser groups
-and schedule, logged names, checkpoints (weights_only, the hmc entry, hierarchy checks),
-load_model, freezing, RunCheckpoint and the results table."""
+and schedule, logged names, checkpoints (weights_only, the hmc entry, hierarchy checks, the
+decoder and its options), load_model, freezing, Lightning's ModelCheckpoint as configs/base.yaml
+sets it up (resume, SIGTERM) and the results table."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from hmc import Hierarchy
 from hmc.decoding import decode
 from hmc.losses import HRNLoss, LeafMarginalLoss, PerLevelCrossEntropy
 from hmc.predict import HierarchyMismatchError, Predictor, load_model
-from hmc.training.module import HMCModule, ResultsTable, RunCheckpoint, format_results
+from hmc.training import HMCModule, ResultsTable, format_results
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +56,16 @@ def module(h: Hierarchy | None = None, **kw) -> HMCModule:
     return HMCModule(h or toy(), **kw)
 
 
+def last_checkpoint(tmp_path, **kw) -> ModelCheckpoint:
+    """Lightning's ModelCheckpoint as configs/base.yaml configures it: <dirpath>/last.ckpt at the
+    end of every training epoch and when training stops on an exception."""
+    options = dict(
+        filename="last", save_top_k=1, enable_version_counter=False,
+        save_on_train_epoch_end=True, save_on_exception=True,
+    )  # fmt: skip
+    return ModelCheckpoint(dirpath=tmp_path / "checkpoints", **{**options, **kw})
+
+
 def trainer(tmp_path, epochs: int = 1, callbacks=None, **kw) -> pl.Trainer:
     return pl.Trainer(
         default_root_dir=tmp_path,
@@ -64,7 +76,7 @@ def trainer(tmp_path, epochs: int = 1, callbacks=None, **kw) -> pl.Trainer:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks or [],
-        enable_checkpointing=any(isinstance(c, RunCheckpoint) for c in callbacks or []),
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks or []),
         **kw,
     )
 
@@ -76,7 +88,7 @@ def loader(h: Hierarchy, n: int = 20, seed: int = 0) -> DataLoader:
 def fit_checkpoint(tmp_path, h: Hierarchy | None = None, **kw):
     h = h or toy()
     m = module(h, **kw)
-    t = trainer(tmp_path, callbacks=[RunCheckpoint(save_last=True, save_top_k=0)])
+    t = trainer(tmp_path, callbacks=[last_checkpoint(tmp_path)])
     t.fit(m, loader(h), loader(h, seed=1))
     return m, tmp_path / "checkpoints" / "last.ckpt"
 
@@ -95,7 +107,7 @@ def test_default_loss_and_decoder_follow_the_head(head, loss_cls, kind):
     assert m.score_kind == kind == m.model.head.score_kind
     out = m(torch.randn(3, 3, 16, 16))
     dec = m.decode(out.node_scores)
-    ref = decode(m.hierarchy, out.node_scores, "argmax", kind=kind)
+    ref = decode(m.hierarchy, out.node_scores, "argmax", score_kind=kind)
     torch.testing.assert_close(dec.nodes, ref.nodes)
 
 
@@ -182,7 +194,13 @@ def test_checkpoint_is_weights_only_and_carries_its_hierarchy(tmp_path):
     assert Hierarchy.from_dict(meta["hierarchy"]) == h
     assert meta["fingerprint"] == h.fingerprint()
     assert meta["model_config"]["backbone"] == "test_resnet"
-    assert meta["decoder"]["method"] == "argmax" and meta["decoder"]["kind"] == "states"
+    assert meta["format"] == "hmc-checkpoint/2"
+    assert (meta["decoder"], meta["decoder_kwargs"], meta["score_kind"], meta["scores"]) == (
+        "argmax",
+        {},
+        "states",
+        "sigmoid",
+    )
     assert "hierarchy" not in ckpt["hyper_parameters"]
     json.dumps(ckpt["hyper_parameters"])  # plain values only
 
@@ -225,14 +243,14 @@ def test_resuming_with_another_hierarchy_fails_clearly(tmp_path):
         trainer(tmp_path / "val").validate(module(other), loader(other), ckpt_path=ckpt_path)
 
 
-def test_freeze_backbone_all_and_for_some_epochs(tmp_path):
-    m = module(freeze_backbone=True)
+def test_freeze_all_stages_and_head_only_epochs(tmp_path):
+    m = module(freeze="all")
     m.trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False)
     groups = m.configure_optimizers()["optimizer"].param_groups
     assert [g["name"] for g in groups] == ["head"]
 
     h = toy()
-    m = module(h, freeze_backbone=1)
+    m = module(h, head_only_epochs=1)
     before = [p.detach().clone() for p in m.model.backbone.parameters()]
     seen = []
 
@@ -249,12 +267,11 @@ def test_freeze_backbone_all_and_for_some_epochs(tmp_path):
     assert seen == [(False, False), (True, True)]
 
 
-def test_run_checkpoint_defaults_to_the_root_dir_and_saves_the_final_step(tmp_path):
+def test_last_checkpoint_holds_the_final_step(tmp_path):
     h = toy()
     m = module(h)
-    cb = RunCheckpoint(save_last=True, save_top_k=0, every_n_train_steps=3)
-    t = trainer(tmp_path, epochs=2, callbacks=[cb], limit_val_batches=0)
-    t.fit(m, loader(h))  # 4 steps: step-triggered saving alone would stop at step 3
+    t = trainer(tmp_path, epochs=2, callbacks=[last_checkpoint(tmp_path)], limit_val_batches=0)
+    t.fit(m, loader(h))  # 2 epochs of 2 steps
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4 == t.global_step
 
@@ -279,8 +296,8 @@ def test_format_results_marks_missing_and_nan():
 
 
 def test_ckpt_path_last_finds_the_run_checkpoint_with_a_versioned_logger(tmp_path):
-    """`ckpt_path="last"` is resolved before callbacks' setup(): RunCheckpoint must still look
-    in <default_root_dir>/checkpoints, not in the logger's new version folder."""
+    """`ckpt_path="last"` finds <dirpath>/last.ckpt, not a file in the logger's new version
+    folder, and resuming overwrites it in place."""
     from pytorch_lightning.loggers import CSVLogger
 
     h = toy()
@@ -290,7 +307,7 @@ def test_ckpt_path_last_finds_the_run_checkpoint_with_a_versioned_logger(tmp_pat
             default_root_dir=tmp_path, max_epochs=5, max_steps=max_steps, accelerator="cpu",
             logger=CSVLogger(tmp_path), enable_progress_bar=False, enable_model_summary=False,
             limit_val_batches=0,
-            callbacks=[RunCheckpoint(save_last=True, save_top_k=0, every_n_train_steps=1)],
+            callbacks=[last_checkpoint(tmp_path, every_n_train_steps=1)],
         )  # fmt: skip
         t.fit(module(h), loader(h), **kw)
         return t
@@ -304,7 +321,7 @@ def test_ckpt_path_last_finds_the_run_checkpoint_with_a_versioned_logger(tmp_pat
 
 def test_sigterm_saves_last_checkpoint_at_the_stopping_step(tmp_path):
     """After SIGTERM Lightning raises SIGTERMException from the loop at the end of the current
-    batch (what this callback imitates); RunCheckpoint then writes last.ckpt at that step."""
+    batch (what this callback imitates); save_on_exception then writes last.ckpt at that step."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     class Term(pl.Callback):
@@ -313,8 +330,9 @@ def test_sigterm_saves_last_checkpoint_at_the_stopping_step(tmp_path):
                 raise SIGTERMException
 
     h = toy()
-    cb = RunCheckpoint(save_last=True, save_top_k=0, every_n_train_steps=100)
-    t = trainer(tmp_path, epochs=5, callbacks=[cb, Term()], limit_val_batches=0)
+    t = trainer(
+        tmp_path, epochs=5, callbacks=[last_checkpoint(tmp_path), Term()], limit_val_batches=0
+    )
     with pytest.raises(SIGTERMException):
         t.fit(module(h), loader(h))
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
@@ -331,13 +349,17 @@ def test_max_steps_runs_anneal_per_step_with_warmup_in_epochs(tmp_path):
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
     t = pl.Trainer(
-        default_root_dir=tmp_path, max_epochs=-1, max_steps=6, accelerator="cpu", logger=False,
+        default_root_dir=tmp_path, max_epochs=100, max_steps=6, accelerator="cpu", logger=False,
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
         limit_val_batches=0, callbacks=[Spy()],
     )  # fmt: skip
     t.fit(m, loader(h))  # 2 batches per epoch: warm-up over 2 steps, then cosine over 4
     expected = [1 / 3, 2 / 3] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
     assert lrs == pytest.approx([0.01 * f for f in expected])
+    unbounded = module(h, warmup_epochs=1)
+    unbounded.trainer = pl.Trainer(max_epochs=-1, max_steps=6, logger=False)
+    with pytest.raises(ValueError, match="set trainer.max_epochs too"):
+        unbounded.configure_optimizers()
 
 
 def test_metrics_without_the_confusion_group_still_finish_the_epoch(tmp_path):
@@ -352,7 +374,7 @@ def test_metrics_without_the_confusion_group_still_finish_the_epoch(tmp_path):
 
 def test_logit_scores_reach_both_the_loss_and_the_decoder(tmp_path):
     h = toy()
-    m = module(h, loss_kwargs={"scores": "logits"})
+    m = module(h, scores="logits")
     assert m.loss_fn.combinatorial.scores == "logits"
     x = torch.randn(4, h.num_nodes) * 5
     torch.testing.assert_close(
@@ -364,3 +386,46 @@ def test_logit_scores_reach_both_the_loss_and_the_decoder(tmp_path):
     path = tmp_path / "logits.ckpt"
     t.save_checkpoint(path)
     assert load_model(path).scores == "logits"
+
+
+def test_scores_is_a_module_argument_for_hrn_heads_only():
+    with pytest.raises(ValueError, match=r"`scores` applies to HRN .* head 'flat'"):
+        module(head="flat", scores="logits")
+    with pytest.raises(ValueError, match="not a loss option"):
+        module(loss_kwargs={"scores": "logits"})
+    with pytest.raises(ValueError, match=r"Expected argument `scores` to be one of"):
+        module(scores="softmax")
+    assert module(head="flat").scores == "sigmoid"  # unset: the neutral default
+
+
+def test_a_threshold_model_predicts_with_its_own_threshold_after_loading(tmp_path):
+    h = toy()
+    m, ckpt_path = fit_checkpoint(
+        tmp_path, h, decoder="threshold", decoder_kwargs={"threshold": 0.9}
+    )
+    meta = torch.load(ckpt_path, weights_only=True)["hmc"]
+    assert (meta["decoder"], meta["decoder_kwargs"]) == ("threshold", {"threshold": 0.9})
+    p = load_model(ckpt_path)
+    assert (p.decoder, p.decoder_kwargs) == ("threshold", {"threshold": 0.9})
+    m.eval()
+    images = torch.randn(16, 3, 16, 16)
+    with torch.no_grad():
+        out = m(images)
+    got = p(images)
+    torch.testing.assert_close(got.nodes, m.decode(out).nodes)
+    # The stored threshold is the one used: the default 0.5 cuts differently on these images.
+    at_default = decode(h, out, "threshold", threshold=0.5).nodes
+    at_stored = decode(h, out, "threshold", threshold=0.9).nodes
+    assert not torch.equal(at_default, at_stored), "the images do not tell the thresholds apart"
+    assert torch.equal(got.nodes, at_stored)
+    # Another decoder on load gets its own defaults, not the stored threshold.
+    assert load_model(ckpt_path, decoder="argmax").decoder_kwargs == {}
+    assert load_model(ckpt_path, decoder_kwargs={"threshold": 0.6}).decoder_kwargs == {
+        "threshold": 0.6
+    }
+
+
+def test_bad_decoder_options_fail_at_construction():
+    with pytest.raises(ValueError, match=r"`decoder_kwargs` of decoder 'argmax'"):
+        module(decoder="argmax", decoder_kwargs={"threshold": 0.7})
+    assert module(decoder="threshold").decoder_kwargs == {"threshold": 0.5}
