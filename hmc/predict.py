@@ -272,30 +272,11 @@ def _build_eval_transform(cfg: dict[str, Any]) -> Callable[[Any], Tensor] | None
 
 
 def list_images(paths: Iterable[str | Path] | str | Path) -> list[Path]:
-    """Image files given directly or found (recursively, sorted) in folders, by the suffixes
-    of :data:`hmc.data.IMG_EXTENSIONS` (the same files the data module predicts on)."""
-    from hmc.data.generic import IMG_EXTENSIONS as IMAGE_SUFFIXES
+    """Image files given directly or found (recursively, sorted) in folders: the one lister,
+    :func:`hmc.data.list_images` (so ``hmc predict`` finds the files the data module does)."""
+    from hmc.data import list_images as find_images
 
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not found:
-                raise FileNotFoundError(
-                    f"folder {str(p)!r} holds no images (looked for {list(IMAGE_SUFFIXES)})"
-                )
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"no such image file or folder: {str(p)!r}")
-    if not files:
-        raise ValueError("Expected at least one image file or folder, but got none")
-    return files
+    return find_images(paths)
 
 
 def write_predictions(
