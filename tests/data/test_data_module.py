@@ -265,3 +265,95 @@ def test_debian_fashion_mnist_full(tmp_path):  # pragma: no cover - optional, 70
     dm.prepare_data()
     dm.setup()
     assert len(dm.train_dataset) + len(dm.val_dataset) == 60000
+
+
+# --------------------------------------------------------------- one of each
+def test_predict_paths_find_the_files_hmc_predict_finds(tmp_path):
+    from hmc.predict import list_images
+
+    for name in ("a.jpg", "b.PNG", "c.gif", "d.pgm", "e.webp", "sub/f.tiff", "notes.txt"):
+        (tmp_path / "pred" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pred" / name).write_bytes(b"")
+    single = tmp_path / "single.bmp"
+    single.write_bytes(b"")
+    inputs = [str(tmp_path / "pred"), str(single)]
+    dm = HMCDataModule("cub200", root=str(tmp_path), predict_paths=inputs, num_workers=0)
+    dm.setup("predict")
+    found = [Path(p) for p in dm.predict_dataset.paths]
+    assert found == list_images(inputs) == D.list_images(inputs)
+    assert [p.name for p in found] == ["a.jpg", "b.PNG", "c.gif", "d.pgm", "e.webp", "f.tiff",
+                                       "single.bmp"]  # fmt: skip
+
+
+def test_train_and_val_are_carved_in_one_place(tmp_path):
+    """The data module's train/val are train_val_split's, from the trainval pool limited first;
+    a dataset with an official val split is used as it is."""
+    make_cub(tmp_path, train_per_class=8, test_per_class=1)
+    h = bird_hierarchy()
+    dm = HMCDataModule("cub200", root=str(tmp_path), hierarchy=h, num_workers=0,
+                       val_fraction=0.25, max_per_class=6, seed=3)  # fmt: skip
+    dm.setup("fit")
+    pool = D.limit_per_class(D.CUB200(tmp_path, hierarchy=h), 6)
+    train, val = D.train_val_split(pool, 0.25, seed=3)
+    assert list(dm.train_dataset.paths) == list(train.paths)
+    assert list(dm.val_dataset.paths) == list(val.paths) and len(val) == 10
+    assert dm.train_dataset.transform is not dm.val_dataset.transform
+    from data_fixtures import make_aircraft
+
+    info = make_aircraft(tmp_path / "air")
+    air = HMCDataModule("aircraft", root=str(tmp_path / "air"), num_workers=0, val_fraction=0.5,
+                        hierarchy=_aircraft_tree(tmp_path))  # fmt: skip
+    air.setup("fit")
+    assert len(air.val_dataset) == info["per_split"]["val"]  # official, not carved
+    assert len(air.train_dataset) == info["per_split"]["train"]
+
+
+def _aircraft_tree(tmp_path) -> str:
+    from data_fixtures import aircraft_hierarchy
+
+    path = tmp_path / "aircraft.tree"
+    aircraft_hierarchy().save(path)
+    return str(path)
+
+
+def test_every_registered_dataset_answers_for_itself(tmp_path):
+    for name, cls in D.DATASETS.items():
+        assert isinstance(cls.has_val_split, type(D.CUB200.has_val_split)), name
+        assert cls.default_preset in ("paper", "small"), name
+        if cls.hierarchy_name is not None:
+            assert cls.default_hierarchy(tmp_path).num_nodes > 0
+    assert D.DATASETS["aircraft"].has_val_split(tmp_path)
+    assert not D.DATASETS["cifar100"].has_val_split(tmp_path)
+    with pytest.raises(ValueError, match="CSVDataset needs a `hierarchy`"):
+        D.CSVDataset.default_hierarchy(tmp_path)
+
+
+def test_transform_kwargs_reach_the_transform_and_the_checkpoint(fashion_root):
+    cfg = {"input_size": (3, 40, 40), "mean": (0, 0, 0), "std": (1, 1, 1), "crop_pct": 1.0}
+    dm = _fashion(fashion_root, preset="imagenet", image_size=None,
+                  transform_kwargs={"data_config": cfg})  # fmt: skip
+    dm.prepare_data()
+    dm.setup("test")
+    assert dm.test_dataset[0][0].shape == (3, 40, 40)
+    assert dm.transform_config() == {"preset": "imagenet", "image_size": None, "data_config": cfg}
+    with pytest.raises(TypeError, match="data_config"):
+        _fashion(fashion_root, dataset_kwargs={"data_config": cfg}).setup("test")
+
+
+@pytest.mark.parametrize(
+    "relabel, message",
+    [({"ratio": -0.1}, r"`ratio` to be in \[0, 1\], but got -0.1"),
+     ({"ratio": 0.5, "to": "genus"}, r"`to` to be one of \['parent', 'random', 'order'")],
+)  # fmt: skip
+def test_relabel_options_are_checked_when_the_data_module_is_built(relabel, message):
+    with pytest.raises(ValueError, match=message):
+        HMCDataModule("cub200", hierarchy=bird_hierarchy(), relabel=relabel)
+
+
+def test_a_config_with_a_negative_relabel_ratio_fails_as_it_is_read():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(HMCDataModule, "data")
+    with pytest.raises(Exception, match=r"ratio.*-0.1"):
+        parser.instantiate(parser.parse_args(["--data.relabel.ratio", "-0.1"]))
