@@ -293,7 +293,7 @@ def _explain_parser() -> ArgumentParser:
     parser.add_argument("paths", nargs="*", default=[], help="image files or folders")
     parser.add_argument("--output", type=str, default="explain", help="folder for the PNGs")
     parser.add_argument(
-        "--levels", type=list[str] | None, default=None, help="level names or numbers; default all"
+        "--levels", type=list[int | str] | None, default=None, help="level numbers or names"
     )
     parser.add_argument(
         "--node", type=str | None, default=None, help="explain this node (id or name) instead"
