@@ -121,7 +121,7 @@ data:
   preset: small
   val_fraction: 0.25
   relabel: {{ratio: 0.5}}
-  dataset_options: {{system_dir: null}}
+  dataset_kwargs: {{system_dir: null}}
 """
     )
     return path
