@@ -96,7 +96,7 @@ def test_quickstart_fallback_data_loads(tmp_path: Path) -> None:
 
     fn = _notebook_function(NOTEBOOKS / "01_quickstart.ipynb", "write_tiny_fashion_mnist")
     fn["write_tiny_fashion_mnist"](tmp_path, per_class=6)
-    train = FashionMNIST(tmp_path, "train", system_dir=None, val_fraction=0.0)
+    train = FashionMNIST(tmp_path, "trainval", system_dir=None)
     test = FashionMNIST(tmp_path, "test", system_dir=None)
     assert len(train) == 60 and len(test) == 20
     assert torch.bincount(train.targets).count_nonzero() == 10  # ten leaf columns
