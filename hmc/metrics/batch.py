@@ -1,9 +1,9 @@
 """Input validation and formatting shared by every metric in :mod:`hmc.metrics`.
 
 One update's inputs become one :class:`MetricBatch`: per-level targets and predictions as
-``[B, D]`` columns (-1 where a level does not count), and lazily computed per-level views of the
-node probabilities (argmax, top-k) that several metrics reuse. A metric collection formats a
-batch once and hands the same object to all of its metrics.
+``[B, D]`` columns (-1 where a level does not count), and cached per-level views of the node
+probabilities (max, top-k) that several metrics reuse. A metric collection formats a batch once
+and hands the same object to all of its metrics.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from hmc.hierarchy import Hierarchy, HierarchyTensors
 
-__all__ = ["MetricBatch", "as_tensor", "block_max", "block_topk", "PROB_TOLERANCE"]
+__all__ = ["MetricBatch", "as_tensor", "PROB_TOLERANCE"]
 
 #: node_probs may leave [0, 1] by this much (float rounding) before validation fails.
 PROB_TOLERANCE = 1e-3
@@ -60,12 +60,8 @@ class MetricBatch:
         predictions: Any = None,
         *,
         validate_args: bool = True,
-        topk_hint: int = 0,
     ) -> None:
         self.hierarchy = hierarchy
-        # The largest k the metrics will ask level_topk for: one topk pass then also gives
-        # the per-level max, instead of a second pass over node_probs.
-        self.topk_hint = topk_hint
         if targets is None:
             raise ValueError("Expected argument `targets` to be given, but got None")
         if node_probs is None and predictions is None:
@@ -74,55 +70,54 @@ class MetricBatch:
                 "but got neither"
             )
         probs = None if node_probs is None else as_tensor(node_probs, "node_probs")
-        device = probs.device if probs is not None else None
-        targets_t = as_tensor(targets, "targets", device)
-        device = targets_t.device
-        self.device = device
-        self.tensors: HierarchyTensors = hierarchy.tensors(device)
-        num_nodes, num_levels = hierarchy.num_nodes, hierarchy.num_levels
+        targets_t = as_tensor(targets, "targets", None if probs is None else probs.device)
+        self.device = targets_t.device
+        self.tensors: HierarchyTensors = hierarchy.tensors(self.device)
 
         self.level_targets = self._format_targets(targets_t, validate_args)
         batch = self.level_targets.shape[0]
         self.label_level = (self.level_targets >= 0).sum(1)
         self.labelled = self.label_level > 0
-
-        if probs is not None:
-            if probs.ndim != 2 or probs.shape[1] != num_nodes:
-                raise ValueError(
-                    f"Expected argument `node_probs` to have shape [B, {num_nodes}] (one column "
-                    f"per node of the hierarchy), but got shape {list(probs.shape)}"
-                )
-            if not probs.is_floating_point():
-                raise ValueError(
-                    "Expected argument `node_probs` to be a floating point tensor, "
-                    f"but got {probs.dtype}"
-                )
-            if probs.dtype not in (torch.float32, torch.float64):
-                probs = probs.float()
-            _check_batch(probs, batch, "node_probs")
-            if validate_args and probs.numel():
-                lo, hi = torch.aminmax(probs)
-                # Slack for rounding (exp of a log-sum can give 1 + 1e-7); metrics clamp.
-                if not (lo >= -PROB_TOLERANCE and hi <= 1 + PROB_TOLERANCE):  # NaN fails too
-                    raise ValueError(
-                        "Expected argument `node_probs` to hold probabilities in [0, 1], but got "
-                        f"values in [{lo.item():.4g}, {hi.item():.4g}]; convert scores with "
-                        "hmc.decoding.node_probabilities() first"
-                    )
-        self.probs: Tensor | None = probs
+        self.probs: Tensor | None = (
+            None if probs is None else self._format_probs(probs, batch, validate_args)
+        )
         self._max_cache: dict[int, tuple[Tensor, Tensor]] = {}
         self._topk_cache: dict[int, tuple[Tensor, Tensor]] = {}
 
         if predictions is not None:
-            pred = as_tensor(predictions, "predictions", device)
+            pred = as_tensor(predictions, "predictions", self.device)
             self.predictions = self._format_predictions(pred, batch, validate_args)
-        elif batch:
-            levels = range(1, num_levels + 1)
-            self.predictions = torch.stack([self.level_max(d)[1] for d in levels], dim=1)
         else:
-            self.predictions = torch.empty(0, num_levels, dtype=torch.long, device=device)
+            levels = range(1, hierarchy.num_levels + 1)
+            self.predictions = torch.stack([self.level_max(d)[1] for d in levels], dim=1)
 
     # ------------------------------------------------------------------ formatting
+    def _format_probs(self, probs: Tensor, batch: int, validate: bool) -> Tensor:
+        num_nodes = self.hierarchy.num_nodes
+        if probs.ndim != 2 or probs.shape[1] != num_nodes:
+            raise ValueError(
+                f"Expected argument `node_probs` to have shape [B, {num_nodes}] (one column "
+                f"per node of the hierarchy), but got shape {list(probs.shape)}"
+            )
+        if not probs.is_floating_point():
+            raise ValueError(
+                "Expected argument `node_probs` to be a floating point tensor, "
+                f"but got {probs.dtype}"
+            )
+        if probs.dtype not in (torch.float32, torch.float64):
+            probs = probs.float()
+        _check_batch(probs, batch, "node_probs")
+        if validate and probs.numel():
+            lo, hi = torch.aminmax(probs)
+            # Slack for rounding (exp of a log-sum can give 1 + 1e-7); metrics clamp.
+            if not (lo >= -PROB_TOLERANCE and hi <= 1 + PROB_TOLERANCE):  # NaN fails too
+                raise ValueError(
+                    "Expected argument `node_probs` to hold probabilities in [0, 1], but got "
+                    f"values in [{lo.item():.4g}, {hi.item():.4g}]; convert scores with "
+                    "hmc.decoding.node_probabilities() first"
+                )
+        return probs
+
     def _format_targets(self, targets: Tensor, validate: bool) -> Tensor:
         h = self.hierarchy
         if targets.is_floating_point() or targets.dtype == torch.bool:
@@ -209,29 +204,18 @@ class MetricBatch:
 
     def level_max(self, d: int) -> tuple[Tensor, Tensor]:
         """Top-1 within level d: ([B] probability, [B] column); ties go to the lower column."""
-        cache = self._max_cache
-        if d not in cache:
-            start = self.hierarchy.level_slice(d).start
-            if self.topk_hint > 1:
-                values, cols = self.level_topk(d, self.topk_hint)
-                top, col = values[:, 0], cols[:, 0]
-                if values.shape[1] > 1:
-                    tie = (values[:, 0] == values[:, 1]).nonzero().squeeze(1)
-                    if tie.numel():  # topk orders ties arbitrarily; argmax takes the first
-                        col = col.clone()
-                        col[tie] = self.level_probs(d)[tie].argmax(1) + start
-                cache[d] = (top, col)
-            else:
-                values, idx = block_max(self.level_probs(d))
-                cache[d] = (values, idx + start)
-        return cache[d]
+        if d not in self._max_cache:
+            values, idx = self.level_probs(d).max(1)  # torch.max: the first maximum
+            self._max_cache[d] = (values, idx + self.hierarchy.level_slice(d).start)
+        return self._max_cache[d]
 
     def level_topk(self, d: int, k: int) -> tuple[Tensor, Tensor]:
         """Top-k within level d, k clipped to the level's size: ([B, k'] probs, [B, k'] columns),
         best first. The order of equal probabilities is unspecified."""
         cached = self._topk_cache.get(d)
         if cached is None or cached[0].shape[1] < k:
-            values, idx = block_topk(self.level_probs(d), k)
+            p = self.level_probs(d)
+            values, idx = p.topk(min(k, p.shape[1]), 1)
             cached = (values, idx + self.hierarchy.level_slice(d).start)
             self._topk_cache[d] = cached
         return cached[0][:, :k], cached[1][:, :k]
@@ -261,49 +245,3 @@ def _check_batch(x: Tensor, batch: int, name: str) -> None:
             f"Expected argument `{name}` to have {batch} rows (one per target), but got "
             f"shape {list(x.shape)}"
         )
-
-
-# Row-wise max and top-k over wide levels go through maxima of blocks of this many columns:
-# a reduction along contiguous memory, then work on k blocks only. Twice as fast as
-# torch.topk on a 10,000-node level, and exact (the values; ties may come in another order).
-BLOCK = 64
-
-
-def _block_maxima(x: Tensor) -> Tensor:
-    """[B, n] -> [B, ceil(n / BLOCK)] maximum of each block of columns."""
-    full = x.shape[1] // BLOCK * BLOCK
-    out = x[:, :full].unflatten(1, (full // BLOCK, BLOCK)).amax(2)
-    if full < x.shape[1]:
-        out = torch.cat([out, x[:, full:].amax(1, keepdim=True)], 1)
-    return out
-
-
-def _block_values(x: Tensor, blocks: Tensor) -> tuple[Tensor, Tensor]:
-    """Values and columns of the given blocks [B, m] of x: ([B, m * BLOCK] with -inf past the
-    last column, [B, m * BLOCK])."""
-    cols = (blocks[:, :, None] * BLOCK + torch.arange(BLOCK, device=x.device)).flatten(1)
-    past = cols >= x.shape[1]
-    values = x.gather(1, cols.clamp_max(x.shape[1] - 1)).masked_fill_(past, float("-inf"))
-    return values, cols
-
-
-def block_max(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Row-wise (max, argmax) of x [B, n], the first column among equal maxima (torch.max)."""
-    if x.shape[1] < 4 * BLOCK:
-        return x.max(1)
-    block = _block_maxima(x).argmax(1)  # the first block holding the row's maximum
-    values, cols = _block_values(x, block[:, None])
-    best, j = values.max(1)  # the first maximum inside that block
-    return best, cols.gather(1, j[:, None]).squeeze(1)
-
-
-def block_topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Row-wise top-k of x [B, n], k clipped to n: ([B, k] values, best first; [B, k] columns).
-    Every top-k value lies in one of the k blocks with the largest maxima."""
-    k = min(k, x.shape[1])
-    if x.shape[1] <= 4 * k * BLOCK:
-        return x.topk(k, 1)
-    _, blocks = _block_maxima(x).topk(k, 1)
-    values, cols = _block_values(x, blocks)
-    best, j = values.topk(k, 1)
-    return best, cols.gather(1, j)

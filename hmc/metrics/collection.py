@@ -43,7 +43,6 @@ from hmc.metrics.levels import (
     InconsistencyRate,
     LevelAccuracy,
     MistakeSeverity,
-    Shared,
 )
 from hmc.metrics.ranking import (
     AverageHierarchicalDistance,
@@ -95,13 +94,15 @@ class HierarchicalMetrics(MetricCollection):
     Args:
         hierarchy: the label tree whose column order the inputs use.
         metrics: group names to include (keys of :data:`METRIC_GROUPS`); all by default.
-        top_k: k values of ``top<k>/<level>``.
-        ahd_k: k values of ``ahd@<k>``.
-        ap_thresholds: number of equal score bins of the average precision.
-        ece_bins: number of confidence bins of the calibration error.
-        confusion_max_dense: levels with at most this many nodes keep a dense confusion matrix.
-        confusion_capacity: cells of the bounded confusion table of bigger levels.
-        confusion_top_k: pairs per level returned by :meth:`confusions`.
+        top_k: k values of ``top<k>/<level>`` (:class:`TopKAccuracy`).
+        k: k values of ``ahd@<k>`` (:class:`AverageHierarchicalDistance`).
+        thresholds: number of equal score bins of the average precision
+            (:class:`HierarchicalAveragePrecision`).
+        n_bins: number of confidence bins of the calibration error
+            (:class:`LevelCalibrationError`).
+        max_dense, max_pairs: levels with at most ``max_dense`` nodes keep a dense confusion
+            matrix; ``max_pairs`` mistakes per level from :meth:`confusions`
+            (:class:`LevelConfusion`).
         validate_args: check shapes, ranges and level membership of every input.
         prefix, postfix: added to every result name (``clone(prefix="val/")`` does the same).
         kwargs: passed to every ``torchmetrics.Metric`` (``sync_on_compute``, ``process_group``...).
@@ -126,12 +127,11 @@ class HierarchicalMetrics(MetricCollection):
         *,
         metrics: Iterable[str] | None = None,
         top_k: int | Sequence[int] = 5,
-        ahd_k: int | Sequence[int] = (1, 5),
-        ap_thresholds: int = 200,
-        ece_bins: int = 15,
-        confusion_max_dense: int = 256,
-        confusion_capacity: int = 3 * 4096,
-        confusion_top_k: int = 20,
+        k: int | Sequence[int] = (1, 5),
+        thresholds: int = 200,
+        n_bins: int = 15,
+        max_dense: int = 256,
+        max_pairs: int = 20,
         validate_args: bool = True,
         prefix: str | None = None,
         postfix: str | None = None,
@@ -146,14 +146,10 @@ class HierarchicalMetrics(MetricCollection):
             )
         options: dict[str, dict[str, Any]] = {
             "topk": {"top_k": top_k},
-            "ahd": {"k": ahd_k},
-            "ap": {"thresholds": ap_thresholds},
-            "ece": {"n_bins": ece_bins},
-            "confusion": {
-                "max_dense": confusion_max_dense,
-                "capacity": confusion_capacity,
-                "top_k": confusion_top_k,
-            },
+            "ahd": {"k": k},
+            "ap": {"thresholds": thresholds},
+            "ece": {"n_bins": n_bins},
+            "confusion": {"max_dense": max_dense, "max_pairs": max_pairs},
         }
         children = {
             g: cls(hierarchy, validate_args=validate_args, **options.get(g, {}), **kwargs)
@@ -161,31 +157,19 @@ class HierarchicalMetrics(MetricCollection):
             if g in groups
         }
         super().__init__(children, prefix=prefix, postfix=postfix, compute_groups=False)
-        self._hierarchy = Shared(hierarchy)
+        self.hierarchy = hierarchy
         self.validate_args = validate_args
         self.needs_probs = any(g in PROBABILITY_GROUPS for g in children)
 
-    @property
-    def hierarchy(self) -> Hierarchy:
-        return self._hierarchy.value
-
     def _format(self, node_probs: Any, targets: Any, predictions: Any) -> MetricBatch:
-        if isinstance(node_probs, MetricBatch):
-            return node_probs
         if node_probs is None and self.needs_probs:
             have = [g for g in self.keys(keep_base=True) if g in PROBABILITY_GROUPS]
             raise ValueError(
                 f"Expected argument `node_probs` for the metrics {have}, but got None; pass "
                 f"node_probs, or leave those out with `metrics=`"
             )
-        hint = max(m.topk_hint for m in self.values(copy_state=False))
         return MetricBatch(
-            self.hierarchy,
-            node_probs,
-            targets,
-            predictions,
-            validate_args=self.validate_args,
-            topk_hint=hint,
+            self.hierarchy, node_probs, targets, predictions, validate_args=self.validate_args
         )
 
     def update(self, node_probs: Any = None, targets: Any = None, predictions: Any = None) -> None:
@@ -193,13 +177,14 @@ class HierarchicalMetrics(MetricCollection):
         targets [B] or [B, D], predictions [B, D] / [B] / None (per-level argmax)."""
         batch = self._format(node_probs, targets, predictions)
         for m in self.values(copy_state=False):
-            m.update(batch)
+            m.update(batch=batch)
 
     def forward(
         self, node_probs: Any = None, targets: Any = None, predictions: Any = None
     ) -> dict[str, Tensor]:
         """Update and return the metrics of this batch alone."""
-        return self._compute_and_reduce("forward", self._format(node_probs, targets, predictions))
+        batch = self._format(node_probs, targets, predictions)
+        return self._compute_and_reduce("forward", batch=batch)
 
     def _confusion(self) -> LevelConfusion:
         for m in self.values(copy_state=False):
@@ -207,32 +192,33 @@ class HierarchicalMetrics(MetricCollection):
                 return m
         raise ValueError("this needs the 'confusion' metric group, which was left out")
 
-    def confusions(self, top_k: int | None = None) -> dict[str, list[tuple[str, str, int]]]:
+    def confusions(self, max_pairs: int | None = None) -> dict[str, list[tuple[str, str, int]]]:
         """Per level name, the most frequent mistakes as (true id, predicted id, count)."""
-        return self._confusion().confusions(top_k)
+        return self._confusion().confusions(max_pairs)
 
     def confusion_matrix(self, level: int | str) -> Tensor:
-        """[n, n + 1] counts of a level with at most ``confusion_max_dense`` nodes (rows: true,
+        """[n, n + 1] counts of a level with at most ``max_dense`` nodes (rows: true,
         columns: predicted in the level's column order, last column: early stop)."""
         return self._confusion().confusion_matrix(level)
 
 
 def evaluate(
     hierarchy: Hierarchy,
-    predictions: Any,
+    node_probs: Any,
     targets: Any,
-    node_probs: Any = None,
+    predictions: Any = None,
     *,
     batch_size: int = 4096,
     **kwargs: Any,
 ) -> dict[str, float]:
-    """Metrics of saved predictions (numpy arrays or tensors; memory-mapped arrays are read in
-    chunks of ``batch_size`` rows). ``predictions`` [B, D] or [B], or None for the per-level
-    argmax of ``node_probs``; ``targets`` [B] or [B, D]; ``node_probs`` [B, N] or None, which
-    leaves out the probability metrics (top-k, ahd, ap, ece). ``kwargs`` go to
-    :class:`HierarchicalMetrics`. Returns ``{name: float}`` with the names of ``compute()``."""
+    """Metrics of saved outputs (numpy arrays or tensors; memory-mapped arrays are read in
+    chunks of ``batch_size`` rows), in the argument order of ``update``. ``node_probs`` [B, N]
+    or None, which leaves out the probability metrics (top-k, ahd, ap, ece); ``targets`` [B] or
+    [B, D]; ``predictions`` [B, D] or [B], or None for the per-level argmax of ``node_probs``.
+    ``kwargs`` go to :class:`HierarchicalMetrics`. Returns ``{name: float}`` with the names of
+    ``compute()``."""
     if predictions is None and node_probs is None:
-        raise ValueError("Expected `predictions` or `node_probs` to be given, but got neither")
+        raise ValueError("Expected `node_probs` or `predictions` to be given, but got neither")
     if "metrics" not in kwargs:
         kwargs["metrics"] = [
             g
@@ -241,7 +227,7 @@ def evaluate(
         ]
     metric = HierarchicalMetrics(hierarchy, **kwargs)
     n = len(targets)
-    for name, x in (("predictions", predictions), ("node_probs", node_probs)):
+    for name, x in (("node_probs", node_probs), ("predictions", predictions)):
         if x is not None and len(x) != n:
             raise ValueError(
                 f"Expected argument `{name}` to have {n} rows (one per target), but got {len(x)}"

@@ -1,8 +1,9 @@
 """The metric base class and the metrics that need only per-level predictions.
 
 Every metric counts a sample only at the levels it is labelled at (levels 1..l for a label at
-level l) and ignores unlabelled samples (negative targets). All states are integer counts that
-sum across processes, so DDP results equal single-process results exactly.
+level l) and ignores unlabelled samples (negative targets). All states are sums across
+processes: integer counts, exact under DDP, or float64 sums (``hf1/macro``, ECE), equal to
+rounding.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from hmc.hierarchy import Hierarchy
 from hmc.metrics.batch import MetricBatch
 
 __all__ = [
-    "Shared",
     "HierarchicalMetric",
     "LevelAccuracy",
     "FullPathAccuracy",
@@ -35,17 +35,11 @@ def ratio(num: Tensor, den: Tensor) -> Tensor:
     return out.to(torch.get_default_dtype())
 
 
-class Shared:
-    """Holds an immutable object (the Hierarchy) that ``copy.deepcopy`` shares instead of
-    rebuilding: ``clone()`` of a metric on a 13,000-node tree stays cheap. Pickles normally."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __deepcopy__(self, memo: dict) -> Shared:
-        return self
+def check_int(value: Any, name: str, low: int) -> int:
+    """``value`` if it is an integer >= ``low``, else a ``ValueError`` naming the argument."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"Expected argument `{name}` to be an integer >= {low}, but got {value!r}")
+    return value
 
 
 class HierarchicalMetric(Metric):
@@ -55,13 +49,14 @@ class HierarchicalMetric(Metric):
     (or None for metrics that need only predictions), targets [B] label columns (negative =
     unlabelled) or [B, D] per-level columns, predictions [B, D] per-level columns with -1 below
     an early stop (``Decoded.nodes``), [B] node columns, or None for the per-level argmax of
-    ``node_probs``. ``compute()`` returns a dict of named scalars.
+    ``node_probs``. ``update(batch=...)`` takes an already formatted :class:`MetricBatch`
+    instead (how :class:`~hmc.metrics.HierarchicalMetrics` feeds its children).
+    ``compute()`` returns a dict of named scalars.
     """
 
     is_differentiable = False
     full_state_update = False
     needs_probs = False
-    topk_hint = 0  # the largest k this metric asks MetricBatch.level_topk for
 
     def __init__(self, hierarchy: Hierarchy, *, validate_args: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
@@ -70,29 +65,33 @@ class HierarchicalMetric(Metric):
                 "Expected argument `hierarchy` to be an hmc.Hierarchy, but got "
                 f"{type(hierarchy).__name__}"
             )
-        self._hierarchy = Shared(hierarchy)
+        self.hierarchy = hierarchy  # shared by clones: Hierarchy.__deepcopy__ returns itself
         self.validate_args = bool(validate_args)
 
-    @property
-    def hierarchy(self) -> Hierarchy:
-        return self._hierarchy.value
-
-    def _add_count(self, name: str, shape: tuple[int, ...] = (), dtype=torch.long) -> None:
+    def _add_sum(self, name: str, shape: tuple[int, ...] = (), dtype=torch.long) -> None:
         self.add_state(name, default=torch.zeros(shape, dtype=dtype), dist_reduce_fx="sum")
 
-    def update(self, node_probs: Any = None, targets: Any = None, predictions: Any = None) -> None:
+    def update(
+        self,
+        node_probs: Any = None,
+        targets: Any = None,
+        predictions: Any = None,
+        *,
+        batch: MetricBatch | None = None,
+    ) -> None:
         """Accumulate one batch; see the class docstring for shapes."""
-        if isinstance(node_probs, MetricBatch):
-            batch = node_probs
-        else:
+        if batch is None:
             batch = MetricBatch(
                 self.hierarchy,
                 node_probs,
                 targets,
                 predictions,
                 validate_args=self.validate_args,
-                topk_hint=self.topk_hint,
             )
+        elif not (node_probs is None and targets is None and predictions is None):
+            raise ValueError("Expected either `batch` or the tensors to be given, but got both")
+        elif batch.hierarchy is not self.hierarchy:
+            raise ValueError("Expected `batch` to be formatted for this metric's hierarchy")
         if self.needs_probs and batch.probs is None:
             raise ValueError(
                 f"{type(self).__name__} needs `node_probs` [B, {self.hierarchy.num_nodes}], "
@@ -117,8 +116,8 @@ class LevelAccuracy(HierarchicalMetric):
 
     def __init__(self, hierarchy: Hierarchy, **kwargs: Any):
         super().__init__(hierarchy, **kwargs)
-        self._add_count("correct", (hierarchy.num_levels,))
-        self._add_count("total", (hierarchy.num_levels,))
+        self._add_sum("correct", (hierarchy.num_levels,))
+        self._add_sum("total", (hierarchy.num_levels,))
 
     def _update(self, batch: MetricBatch) -> None:
         counted = batch.level_targets >= 0
@@ -140,8 +139,8 @@ class FullPathAccuracy(HierarchicalMetric):
 
     def __init__(self, hierarchy: Hierarchy, **kwargs: Any):
         super().__init__(hierarchy, **kwargs)
-        self._add_count("correct")
-        self._add_count("total")
+        self._add_sum("correct")
+        self._add_sum("total")
 
     def _update(self, batch: MetricBatch) -> None:
         lt = batch.level_targets
@@ -162,8 +161,8 @@ class InconsistencyRate(HierarchicalMetric):
 
     def __init__(self, hierarchy: Hierarchy, **kwargs: Any):
         super().__init__(hierarchy, **kwargs)
-        self._add_count("inconsistent")
-        self._add_count("total")
+        self._add_sum("inconsistent")
+        self._add_sum("total")
 
     def _update(self, batch: MetricBatch) -> None:
         pred = batch.predictions_within_labels()  # [B, D]
@@ -184,21 +183,18 @@ class HierarchicalF1(HierarchicalMetric):
     prediction may contribute more than one node per level). ``hp`` = sum|P n T| / sum|P|,
     ``hr`` = sum|P n T| / sum|T| (micro: sums over samples), ``hf1`` = 2 hp hr / (hp + hr).
     ``hf1/macro`` = mean over samples of 2|P n T| / (|P| + |T|) (example-based macro average;
-    per-class averaging is ill-defined when labels sit at mixed depths).
+    per-class averaging is ill-defined when labels sit at mixed depths), a float64 sum.
     """
 
     higher_is_better = True
 
     def __init__(self, hierarchy: Hierarchy, **kwargs: Any):
         super().__init__(hierarchy, **kwargs)
-        d = hierarchy.num_levels
-        self._add_count("intersection")
-        self._add_count("predicted")
-        self._add_count("true")
-        # Per-sample F1 = 2i / s with i = |P n T| <= D and s = |P| + |T| <= D(D+1)/2 + D (an
-        # inconsistent prediction has up to D - e + 1 nodes at level e): a histogram over (i, s)
-        # keeps the macro sum exact.
-        self._add_count("f1_hist", (d + 1, d * (d + 1) // 2 + d + 1))
+        self._add_sum("intersection")
+        self._add_sum("predicted")
+        self._add_sum("true")
+        self._add_sum("samples")
+        self._add_sum("f1_sum", dtype=torch.float64)
 
     def _update(self, batch: MetricBatch) -> None:
         pred = batch.predictions_within_labels()  # [B, D]
@@ -219,18 +215,14 @@ class HierarchicalF1(HierarchicalMetric):
         self.intersection += num_inter[lab].sum()
         self.predicted += num_pred[lab].sum()
         self.true += num_true[lab].sum()
-        key = num_inter[lab] * self.f1_hist.shape[1] + (num_pred + num_true)[lab]
-        self.f1_hist += torch.bincount(key, minlength=self.f1_hist.numel()).view_as(self.f1_hist)
+        self.samples += lab.sum()
+        self.f1_sum += ((2 * num_inter[lab]).double() / (num_pred + num_true)[lab]).sum()
 
     def compute(self) -> dict[str, Tensor]:
         hp = ratio(self.intersection, self.predicted)
         hr = ratio(self.intersection, self.true)
         hf1 = ratio(2 * self.intersection, self.predicted + self.true)
-        i = torch.arange(self.f1_hist.shape[0], device=self.f1_hist.device, dtype=torch.float64)
-        s = torch.arange(self.f1_hist.shape[1], device=self.f1_hist.device, dtype=torch.float64)
-        f1 = 2 * i[:, None] / s.clamp_min(1)[None, :]
-        total = self.f1_hist.sum()
-        macro = ratio((self.f1_hist * f1).sum(), total)
+        macro = ratio(self.f1_sum, self.samples)
         return {"hp": hp, "hr": hr, "hf1": hf1, "hf1/macro": macro}
 
 
@@ -247,8 +239,8 @@ class MistakeSeverity(HierarchicalMetric):
 
     def __init__(self, hierarchy: Hierarchy, **kwargs: Any):
         super().__init__(hierarchy, **kwargs)
-        self._add_count("height")
-        self._add_count("mistakes")
+        self._add_sum("height")
+        self._add_sum("mistakes")
 
     def _update(self, batch: MetricBatch) -> None:
         pred = batch.predictions_within_labels()

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from hmc.hierarchy import Hierarchy
 from hmc.metrics.batch import MetricBatch
-from hmc.metrics.levels import HierarchicalMetric, ratio
+from hmc.metrics.levels import HierarchicalMetric, check_int, ratio
 
 __all__ = [
     "TopKAccuracy",
@@ -44,9 +44,8 @@ class TopKAccuracy(HierarchicalMetric):
     def __init__(self, hierarchy: Hierarchy, top_k: int | Sequence[int] = 5, **kwargs: Any):
         super().__init__(hierarchy, **kwargs)
         self.top_k = _check_ks(top_k, "top_k")
-        self.topk_hint = max(self.top_k)
-        self._add_count("hits", (len(self.top_k), hierarchy.num_levels))
-        self._add_count("total", (hierarchy.num_levels,))
+        self._add_sum("hits", (len(self.top_k), hierarchy.num_levels))
+        self._add_sum("total", (hierarchy.num_levels,))
 
     def _update(self, batch: MetricBatch) -> None:
         h = self.hierarchy
@@ -99,9 +98,8 @@ class AverageHierarchicalDistance(HierarchicalMetric):
     def __init__(self, hierarchy: Hierarchy, k: int | Sequence[int] = (1, 5), **kwargs: Any):
         super().__init__(hierarchy, **kwargs)
         self.k = _check_ks(k, "k")
-        self.topk_hint = max(self.k)
-        self._add_count("height", (len(self.k),))
-        self._add_count("pairs", (len(self.k),))
+        self._add_sum("height", (len(self.k),))
+        self._add_sum("pairs", (len(self.k),))
 
     def _update(self, batch: MetricBatch) -> None:
         h = self.hierarchy
@@ -125,20 +123,6 @@ class AverageHierarchicalDistance(HierarchicalMetric):
             f"ahd@{k}": v
             for k, v in zip(self.k, ratio(self.height, self.pairs).unbind(), strict=True)
         }
-
-
-def _at_least(x: Tensor, low: float) -> Tensor:
-    """The values of x [R, n] that are >= low, in no particular order. When few are, finding
-    them through the mask read as int64 words (8 flags at a time) is about twice as fast as
-    ``x[x >= low]``."""
-    flags = (x >= low).reshape(-1)
-    whole = flags.numel() // 8 * 8
-    words = flags[:whole].view(torch.int64)
-    eight = torch.arange(8, device=x.device)
-    idx = (words.nonzero() * 8 + eight).flatten()
-    idx = torch.cat([idx[flags[idx]], flags[whole:].nonzero().flatten() + whole])
-    n = x.shape[1]
-    return x[idx // n, idx % n]
 
 
 def binned_average_precision(pos: Tensor, neg: Tensor) -> Tensor:
@@ -166,8 +150,10 @@ class HierarchicalAveragePrecision(HierarchicalMetric):
     ``ap/micro`` pools the pairs of all levels, ``ap/<level>`` those of one level. A score x
     falls in bin min(T - 1, floor(x * T)) of T = ``thresholds`` equal bins of [0, 1]
     (negative rounding slack in bin 0), and AP is computed at the thresholds j / T, so the
-    state is 2 x levels x T counts whatever the number of samples. Binned AP equals exact AP
-    when no bin holds two distinct scores; otherwise it is a close approximation.
+    state is 2 x levels x T counts whatever the number of samples. Binned AP is the exact AP of
+    the scores replaced by their bins. It equals the exact AP of the scores when no bin holds
+    two of them, and differs from it by at most (1/P) sum_j pos_j (n_j - 1) / N_j otherwise
+    (P positives; n_j scores in bin j, N_j in bins >= j).
     """
 
     higher_is_better = True
@@ -175,13 +161,9 @@ class HierarchicalAveragePrecision(HierarchicalMetric):
 
     def __init__(self, hierarchy: Hierarchy, thresholds: int = 200, **kwargs: Any):
         super().__init__(hierarchy, **kwargs)
-        if not isinstance(thresholds, int) or isinstance(thresholds, bool) or thresholds < 2:
-            raise ValueError(
-                f"Expected argument `thresholds` to be an integer >= 2, but got {thresholds!r}"
-            )
-        self.thresholds = thresholds
-        self._add_count("positives", (hierarchy.num_levels, thresholds))
-        self._add_count("negatives", (hierarchy.num_levels, thresholds))
+        self.thresholds = check_int(thresholds, "thresholds", 2)
+        self._add_sum("positives", (hierarchy.num_levels, thresholds))
+        self._add_sum("negatives", (hierarchy.num_levels, thresholds))
 
     def _bin_counts(self, x: Tensor) -> Tensor:
         """[T] counts of the scores ``x`` (any shape) per bin; float64 keeps the rule exact."""
@@ -189,53 +171,26 @@ class HierarchicalAveragePrecision(HierarchicalMetric):
         idx = (x.double() * t).floor_().clamp_(0, t - 1).long()
         return torch.bincount(idx.flatten(), minlength=t)
 
-    def _scan(self, x: Tensor) -> Tensor:
-        """[T] bin counts of all scores of x [R, n]. Scores below 1 / T are all in bin 0, and a
-        level's probabilities sum to at most 1, so few scores per row reach 1 / T: only those
-        are extracted and binned."""
-        counts = torch.zeros(self.thresholds, dtype=torch.long, device=x.device)
-        step = max(1, _CHUNK // max(1, x.shape[1]))  # bounds the [rows, n] bool mask
-        for r0 in range(0, x.shape[0], step):
-            chunk = x[r0 : r0 + step]
-            big = _at_least(chunk, self._low)
+    def _level_counts(self, p: Tensor, counted: Tensor) -> Tensor:
+        """[T] bin counts of the scores of the counted rows of p [B, n], in row chunks that
+        bound the float64 copy. A level's probabilities sum to at most 1, so few scores per row
+        reach bin 1: only those go through the binning rule, the rest count in bin 0."""
+        low = (1.0 - 1e-6) / self.thresholds  # below this the rule gives bin 0; margin: rounding
+        counts = torch.zeros(self.thresholds, dtype=torch.long, device=p.device)
+        step = max(1, _CHUNK // p.shape[1])
+        for r0 in range(0, p.shape[0], step):
+            chunk, rows = p[r0 : r0 + step], counted[r0 : r0 + step, None]
+            big = chunk[(chunk >= low) & rows]
             counts += self._bin_counts(big)
-            counts[0] += chunk.numel() - big.numel()
+            counts[0] += int(rows.sum()) * p.shape[1] - big.numel()
         return counts
 
-    @property
-    def _low(self) -> float:
-        # Below this, the rule puts a score in bin 0; the margin only lets a few bin-0 scores
-        # through to the rule, which puts them in bin 0 anyway.
-        return (1.0 - 1e-6) / self.thresholds
-
     def _update(self, batch: MetricBatch) -> None:
-        h = self.hierarchy
-        for d in range(1, h.num_levels + 1):
+        for d in range(1, self.hierarchy.num_levels + 1):
             counted = batch.level_targets[:, d - 1] >= 0
             if not bool(counted.any()):
                 continue
-            p = batch.level_probs(d)  # [B, n_d] view
-            width = p.shape[1]
-            counts = torch.zeros(self.thresholds, dtype=torch.long, device=p.device)
-            scan = counted
-            if batch.topk_hint > 0:
-                # When the k-th best score of a row is below 1 / T, every score that needs
-                # binning is among the row's top k, which the top-k metrics computed anyway.
-                values, _ = batch.level_topk(d, batch.topk_hint)
-                covered = counted & ((values[:, -1] < self._low) | (values.shape[1] == width))
-                if bool(covered.any()):
-                    top = values[covered]
-                    big = top[top >= self._low]
-                    counts += self._bin_counts(big)
-                    counts[0] += int(covered.sum()) * width - big.numel()
-                    scan = counted & ~covered
-            num = int(scan.sum())
-            if num == p.shape[0]:
-                counts += self._scan(p)
-            elif 2 * num >= p.shape[0]:  # scan every row, take away the few others
-                counts += self._scan(p) - self._scan(p[~scan])
-            elif num:
-                counts += self._scan(p[scan])
+            counts = self._level_counts(batch.level_probs(d), counted)
             pos = self._bin_counts(batch.target_probs(d)[counted])
             self.positives[d - 1] += pos
             self.negatives[d - 1] += counts - pos
@@ -265,15 +220,11 @@ class LevelCalibrationError(HierarchicalMetric):
 
     def __init__(self, hierarchy: Hierarchy, n_bins: int = 15, **kwargs: Any):
         super().__init__(hierarchy, **kwargs)
-        if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
-            raise ValueError(
-                f"Expected argument `n_bins` to be an integer >= 1, but got {n_bins!r}"
-            )
-        self.n_bins = n_bins
+        self.n_bins = check_int(n_bins, "n_bins", 1)
         shape = (hierarchy.num_levels, n_bins + 1)  # + 1: confidence exactly 1, as torchmetrics
-        self._add_count("count", shape)
-        self._add_count("correct", shape)
-        self._add_count("confidence", shape, dtype=torch.float64)
+        self._add_sum("count", shape)
+        self._add_sum("correct", shape)
+        self._add_sum("confidence", shape, dtype=torch.float64)
 
     def _update(self, batch: MetricBatch) -> None:
         for d in range(1, self.hierarchy.num_levels + 1):

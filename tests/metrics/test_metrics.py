@@ -1,5 +1,5 @@
 """Hand-worked examples, the collection API (names, clone, reset, forward, devices), input
-validation, evaluate() on arrays, and the bounded confusion tables."""
+validation, evaluate() on arrays, and the confusion counts of dense and wide levels."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from hmc.hierarchy import Hierarchy
@@ -21,6 +19,7 @@ from hmc.metrics import (
     HierarchicalMetrics,
     LevelAccuracy,
     LevelConfusion,
+    MetricBatch,
     TopKAccuracy,
     binned_average_precision,
     evaluate,
@@ -77,7 +76,7 @@ def test_hand_worked_prediction_metrics(tree):
 
 def test_hand_worked_confusions(tree):
     targets, pred = _hand_case(tree)
-    for max_dense in (256, 0):  # dense matrices, and the bounded table for every level
+    for max_dense in (256, 0):  # dense matrices, and mistake keys for every level
         m = LevelConfusion(tree, max_dense=max_dense)
         m.update(None, targets, pred)
         assert m.confusions() == {
@@ -123,7 +122,7 @@ def test_ahd_and_severity_by_hand(tree):
     # family label A2 for sample 1: ranking B1 > A2 > A1 (heights 2, 0, 1)
     probs[1, [c("B1"), c("A2"), c("A1")]] = torch.tensor([0.5, 0.3, 0.2])
     targets = torch.tensor([c("a"), c("A2")])
-    m = HierarchicalMetrics(tree, metrics=["ahd"], ahd_k=(1, 2, 5))
+    m = HierarchicalMetrics(tree, metrics=["ahd"], k=(1, 2, 5))
     m.update(probs, targets)
     got = {k: float(v) for k, v in m.compute().items()}
     # k clipped to the level size: 4 species, 3 families
@@ -159,7 +158,7 @@ def test_ap_by_hand_including_scores_at_zero_and_one():
         neg[min(int(s * 4), 3)] += 1
     assert float(binned_average_precision(pos, neg)) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
     h = Hierarchy.from_paths([("x",), ("y",)])
-    m = HierarchicalMetrics(h, metrics=["ap"], ap_thresholds=4)
+    m = HierarchicalMetrics(h, metrics=["ap"], thresholds=4)
     m.update(torch.tensor([[1.0, 0.5], [0.5, 0.0]]), torch.tensor([0, 0]))
     assert float(m.compute()["ap/micro"]) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
     assert math.isnan(float(binned_average_precision(neg * 0, neg)))  # no positives
@@ -277,7 +276,7 @@ def test_bad_arguments(tree):
     with pytest.raises(ValueError, match="top_k"):
         HierarchicalMetrics(tree, top_k=0)
     with pytest.raises(ValueError, match="thresholds"):
-        HierarchicalMetrics(tree, ap_thresholds=1)
+        HierarchicalMetrics(tree, thresholds=1)
     with pytest.raises(TypeError, match="hmc.Hierarchy"):
         LevelAccuracy("cub200")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="confusion"):
@@ -294,7 +293,7 @@ def test_evaluate_reads_memory_mapped_arrays_in_chunks(tree, tmp_path):
     path = tmp_path / "probs.npy"
     np.save(path, probs.numpy())
     mm = np.load(path, mmap_mode="r")
-    got = evaluate(tree, None, targets.numpy(), mm, batch_size=16)
+    got = evaluate(tree, mm, targets.numpy(), batch_size=16)
     m = HierarchicalMetrics(tree, metrics=[g for g in METRIC_GROUPS if g != "confusion"])
     m.update(probs, targets)
     want = {k: float(v) for k, v in m.compute().items()}
@@ -304,71 +303,53 @@ def test_evaluate_reads_memory_mapped_arrays_in_chunks(tree, tmp_path):
     with pytest.raises(ValueError, match="neither"):
         evaluate(tree, None, targets)
     with pytest.raises(ValueError, match="49 rows"):
-        evaluate(tree, None, targets[:49], probs)
+        evaluate(tree, probs, targets[:49])
 
 
-def test_bounded_confusion_table_recovers_exact_counts_and_warns_when_full():
+def test_wide_level_confusions_equal_a_brute_force_count():
     h = Hierarchy.from_paths([(f"g{i}", f"g{i}s{j}") for i in range(20) for j in range(20)])
     g = torch.Generator().manual_seed(4)
     b = 3000
-    # Skewed mistakes: a few frequent pairs and many rare ones.
+    # Skewed mistakes: a few frequent pairs and many rare ones; some early stops.
     targets = torch.randint(20, 420, (b,), generator=g)
     pred = torch.where(torch.rand(b, generator=g) < 0.5, targets, 20 + (targets * 7 + 3) % 400)
     noise = torch.rand(b, generator=g) < 0.3
     pred[noise] = torch.randint(20, 420, (int(noise.sum()),), generator=g)
+    pred = h.level_targets(pred)
+    pred[::11, 1] = -1
     want = Counter(
         (h.nodes[t], h.nodes[p])
-        for t, p in zip(targets.tolist(), pred.tolist(), strict=True)
-        if t != p
+        for t, p in zip(targets.tolist(), pred[:, 1].tolist(), strict=True)
+        if p >= 0 and t != p
     )
     expect = sorted(want.items(), key=lambda kv: (-kv[1], h.index(kv[0][0]), h.index(kv[0][1])))
-    m = LevelConfusion(h, max_dense=50, capacity=3 * 2048, top_k=10_000)
-    m.update(None, targets, h.level_targets(pred))
-    assert m.confusions()["level_2"] == [(t, p, c) for (t, p), c in expect]
-    assert m.confusions(top_k=5)["level_2"] == [(t, p, c) for (t, p), c in expect[:5]]
-    small = LevelConfusion(h, max_dense=50, capacity=3 * 64, top_k=10_000)
-    small.update(None, targets, h.level_targets(pred))
-    with pytest.warns(UserWarning, match="more distinct mistakes"):
-        partial = small.confusions()["level_2"]
-    assert set(partial) < {(t, p, c) for (t, p), c in expect}  # exact, but not all
+    expect = [(t, p, c) for (t, p), c in expect]
+    wide = LevelConfusion(h, max_dense=50, max_pairs=10_000)  # level_2 (400 nodes) is wide
+    dense = LevelConfusion(h, max_dense=400, max_pairs=10_000)
+    wide(None, targets[:1000], pred[:1000])  # forward: merges the batch's keys into the state
+    for rows in (slice(1000, 1000), slice(1000, None)):  # an empty update too
+        wide.update(None, targets[rows], pred[rows])
+    dense.update(None, targets, pred)
+    assert not wide.dense_levels[1] and dense.dense_levels[1]
+    assert wide.confusions()["level_2"] == expect
+    assert dense.confusions() == wide.confusions()
+    assert wide.confusions(max_pairs=5)["level_2"] == expect[:5]
+    assert pickle.loads(pickle.dumps(wide)).confusions() == wide.confusions()
+    wide.reset()
+    assert wide.confusions()["level_2"] == []
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (7, 9), (16, 8), (5, 13)])
-def test_at_least_finds_every_value_above_the_bar(shape):
-    from hmc.metrics.ranking import _at_least
-
-    x = torch.rand(*shape, generator=torch.Generator().manual_seed(shape[0] * 31 + shape[1]))
-    view = torch.rand(shape[0], shape[1] + 3)[:, 2 : 2 + shape[1]]  # non-contiguous too
-    view.copy_(x)
-    for data in (x, view):
-        for low in (0.0, 0.3, 0.9, 1.1):
-            got = _at_least(data, low).sort().values
-            assert torch.equal(got, x[x >= low].sort().values)
-
-
-@given(
-    st.integers(1, 9),
-    st.one_of(st.integers(1, 300), st.integers(1280, 3000)),  # both sides of the block path
-    st.integers(1, 5),
-    st.booleans(),
-    st.integers(0, 99),
-)
-@settings(max_examples=40)
-def test_block_max_and_topk_equal_torch(rows, width, k, ties, seed):
-    from hmc.metrics.batch import block_max, block_topk
-
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(rows, width + 5, generator=g)
-    if ties:  # few distinct values: many equal maxima
-        base = (base * 4).floor() / 4
-    x = base[:, 3 : 3 + width]  # a column slice, like a level of node_probs
-    values, cols = block_max(x)
-    want_v, want_i = x.max(1)
-    assert torch.equal(values, want_v) and torch.equal(cols, want_i)  # first maximum
-    values, cols = block_topk(x, k)
-    assert torch.equal(values, x.topk(min(k, width), 1).values)
-    assert torch.equal(x.gather(1, cols), values)
-    assert all(len(set(r)) == len(r) for r in cols.tolist())  # distinct columns
+def test_update_takes_a_formatted_batch_or_tensors_not_both(tree):
+    targets, pred = _hand_case(tree)
+    a, b = LevelAccuracy(tree), LevelAccuracy(tree)
+    a.update(None, targets, pred)
+    b.update(batch=MetricBatch(tree, None, targets, pred))
+    torch.testing.assert_close(a.compute(), b.compute())
+    with pytest.raises(ValueError, match="both"):
+        b.update(None, targets, batch=MetricBatch(tree, None, targets, pred))
+    other = Hierarchy.from_paths([("x", "y", "z")])
+    with pytest.raises(ValueError, match="hierarchy"):
+        b.update(batch=MetricBatch(other, None, torch.tensor([2]), torch.tensor([[0, 1, 2]])))
 
 
 def test_docstring_examples_run():

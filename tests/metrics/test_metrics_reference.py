@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from torchmetrics.functional.classification import binary_average_precision
 from tree_strategies import trees as _trees
 
-from hmc.decoding import KINDS, METHODS, decode, leaf_log_marginals
+from hmc.decoding import DECODERS, SCORE_KINDS, decode
 from hmc.hierarchy import Hierarchy
 from hmc.metrics import HierarchicalMetrics, evaluate
+from hmc.models import leaf_log_marginals
 
 
 # --------------------------------------------------------------------------- data
@@ -137,8 +138,8 @@ def reference(h, probs, targets, pred, top_k=(1, 5), ahd_k=(1, 5), thresholds=20
     macro = []
     sev, mistakes = 0, 0
     top_hits = {k: [0] * d_levels for k in top_k}
-    ahd_h = {k: 0 for k in ahd_k}
-    ahd_n = {k: 0 for k in ahd_k}
+    ahd_h = {j: 0 for j in ahd_k}
+    ahd_n = {j: 0 for j in ahd_k}
     ap_all: list[tuple[float, bool]] = []
     ap_lvl: list[list[tuple[float, bool]]] = [[] for _ in range(d_levels)]
     ece_rows: list[list[tuple[float, bool]]] = [[] for _ in range(d_levels)]
@@ -187,10 +188,10 @@ def reference(h, probs, targets, pred, top_k=(1, 5), ahd_k=(1, 5), thresholds=20
                 ap_lvl[d - 1].append((probs[r][c], c == path[d - 1]))
             ece_rows[d - 1].append((probs[r][ranked[0]], ranked[0] == path[d - 1]))
         ranked = sorted(_level_cols(h, level), key=lambda c, r=r: (-probs[r][c], c))
-        for k in ahd_k:
-            for c in ranked[:k]:
-                ahd_h[k] += level - _lca_level(h, c, t)
-                ahd_n[k] += 1
+        for j in ahd_k:
+            for c in ranked[:j]:
+                ahd_h[j] += level - _lca_level(h, c, t)
+                ahd_n[j] += 1
 
     def div(a, b):
         return a / b if b else math.nan
@@ -206,7 +207,7 @@ def reference(h, probs, targets, pred, top_k=(1, 5), ahd_k=(1, 5), thresholds=20
     out.update(hp=hp, hr=hr, hf1=div(2 * inter, psize + tsize))
     out["hf1/macro"] = div(sum(macro), len(macro))
     out["mistake_severity"] = div(sev, mistakes)
-    out.update({f"ahd@{k}": div(ahd_h[k], ahd_n[k]) for k in ahd_k})
+    out.update({f"ahd@{j}": div(ahd_h[j], ahd_n[j]) for j in ahd_k})
     out["ap/micro"] = _ap_binned(ap_all, thresholds) if ap_all else math.nan
     for d in range(d_levels):
         rows = ap_lvl[d]
@@ -237,7 +238,7 @@ def assert_metrics_equal(got: dict, want: dict, tol: float = 1e-5) -> None:
 @given(cases())
 def test_all_metrics_match_reference(case):
     h, probs, targets, pred = case
-    m = HierarchicalMetrics(h, top_k=(1, 5), confusion_max_dense=2, confusion_top_k=1000)
+    m = HierarchicalMetrics(h, top_k=(1, 5), max_dense=2, max_pairs=1000)
     half = len(targets) // 2  # two updates: states accumulate
     m.update(probs[:half], targets[:half], None if pred is None else pred[:half])
     m.update(probs[half:], targets[half:], None if pred is None else pred[half:])
@@ -256,29 +257,62 @@ def test_all_metrics_match_reference(case):
 def test_evaluate_matches_class_and_reference(case):
     h, probs, targets, pred = case
     got = evaluate(
-        h, None if pred is None else pred.numpy(), targets.numpy(), probs.numpy(), batch_size=7
+        h, probs.numpy(), targets.numpy(), None if pred is None else pred.numpy(), batch_size=7
     )
     want, _, _ = reference(h, probs, targets, pred, top_k=(5,))
     assert_metrics_equal(got, {k: v for k, v in want.items() if not k.startswith("top1/")})
     # Without probabilities only the prediction metrics are there.
     if pred is not None:
-        got = evaluate(h, pred, targets)
+        got = evaluate(h, None, targets, pred)
         keep = ("acc/", "fpa", "tice", "hp", "hr", "hf1", "mistake_severity")
         assert_metrics_equal(got, {k: v for k, v in want.items() if k.startswith(keep)})
 
 
+def _bin(score: float, thresholds: int) -> int:
+    return min(thresholds - 1, max(0, math.floor(score * thresholds)))
+
+
+def _binning_bound(pairs: list[tuple[float, bool]], thresholds: int) -> float:
+    """Largest possible |binned AP - exact AP|: (1/P) sum_j pos_j (n_j - 1) / N_j over bins j
+    with n_j scores, N_j scores in bins >= j. (A positive's exact precision u / M and its bin's
+    precision (u + du) / (M + dM), with 0 <= u <= M, 0 <= du <= dM <= n_j - 1 and M + dM =
+    N_j, differ by at most dM / N_j.)"""
+    pos, size = Counter(), Counter()
+    for s, lab in pairs:
+        size[_bin(s, thresholds)] += 1
+        pos[_bin(s, thresholds)] += lab
+    bound, above = 0.0, 0
+    for j in sorted(size, reverse=True):
+        above += size[j]
+        bound += pos[j] * (size[j] - 1) / above
+    return bound / sum(pos.values())
+
+
 @given(cases())
 @settings(max_examples=25)
-def test_binned_ap_is_close_to_exact_ap(case):
+def test_binned_ap_is_exact_ap_of_the_binned_scores_and_within_its_bound(case):
     h, probs, targets, pred = case
-    m = HierarchicalMetrics(h, metrics=["ap"], ap_thresholds=200)
+    m = HierarchicalMetrics(h, metrics=["ap"], thresholds=200)
     m.update(probs, targets, pred)
     got = m.compute()
-    _, _, (ap_all, _) = reference(h, probs, targets, pred)
-    if ap_all:
-        exact = _ap_exact(ap_all)
-        # Bins of width 1/200 merge scores that are close: a small, bounded approximation.
-        assert abs(float(got["ap/micro"]) - exact) < 0.03
+    _, _, (ap_all, ap_lvl) = reference(h, probs, targets, pred)
+    for key, pairs in [("ap/micro", ap_all)] + list(
+        zip([f"ap/{name}" for name in h.level_names], ap_lvl, strict=True)
+    ):
+        value = float(got[key])
+        if not any(lab for _, lab in pairs):
+            assert math.isnan(value), key
+            continue
+        # Exact (sklearn-style, ties as one threshold) AP of the scores replaced by their bin.
+        binned = [(_bin(s, 200), lab) for s, lab in pairs]
+        assert value == pytest.approx(_ap_exact(binned), abs=1e-6), key
+        # ... and of the scores themselves, up to what binning can change.
+        assert abs(value - _ap_exact(pairs)) <= _binning_bound(pairs, 200) + 1e-6, key
+    if ap_all:  # a third implementation: torchmetrics' exact AP of the binned scores
+        scores, labels = zip(*[(_bin(s, 200), lab) for s, lab in ap_all], strict=True)
+        if any(labels):
+            tm = binary_average_precision(torch.tensor(scores) / 200.0, torch.tensor(labels).long())
+            assert float(got["ap/micro"]) == pytest.approx(float(tm), abs=1e-5)
 
 
 @given(cases(), st.sampled_from([4, 200, 256]))
@@ -287,7 +321,7 @@ def test_ap_with_scores_on_the_bin_edges(case, thresholds):
     h, probs, targets, pred = case
     # Scores exactly j / T in float32 (0 and 1 included): the binning rule decides.
     probs = (probs * thresholds).round() / thresholds
-    m = HierarchicalMetrics(h, metrics=["ap"], ap_thresholds=thresholds)
+    m = HierarchicalMetrics(h, metrics=["ap"], thresholds=thresholds)
     m.update(probs, targets, pred)
     want, _, _ = reference(h, probs, targets, pred, thresholds=thresholds)
     assert_metrics_equal(m.compute(), {k: v for k, v in want.items() if k.startswith("ap/")})
@@ -302,7 +336,7 @@ def test_binned_ap_equals_exact_ap_with_one_score_per_bin(thresholds):
     perm = torch.randperm(thresholds, generator=g)[: b * h.num_nodes].view(b, -1)
     probs = (perm.float() + 0.5) / thresholds
     targets = torch.randint(0, h.num_nodes, (b,), generator=g)
-    m = HierarchicalMetrics(h, metrics=["ap"], ap_thresholds=thresholds)
+    m = HierarchicalMetrics(h, metrics=["ap"], thresholds=thresholds)
     m.update(probs, targets)
     got = m.compute()
     _, _, (ap_all, ap_lvl) = reference(h, probs, targets, None)
@@ -319,24 +353,24 @@ def test_binned_ap_equals_exact_ap_with_one_score_per_bin(thresholds):
 @given(
     trees(),
     st.integers(0, 2**31),
-    st.sampled_from(KINDS),
-    st.sampled_from(METHODS),
+    st.sampled_from(SCORE_KINDS),
+    st.sampled_from(DECODERS),
 )
 @settings(max_examples=30)
-def test_every_decoder_output_feeds_the_metrics(h, seed, kind, method):
+def test_every_decoder_output_feeds_the_metrics(h, seed, score_kind, decoder):
     g = torch.Generator().manual_seed(seed)
     b = 12
-    if kind == "leaf_log_probs":
+    if score_kind == "leaf_log_probs":
         leaf_logits = torch.randn(b, len(h.leaves), generator=g) * 2
         scores = leaf_log_marginals(h, leaf_logits)
     else:
         scores = torch.randn(b, h.num_nodes, generator=g) * 2
-    decoded = decode(h, scores, method, kind=kind)
+    decoded = decode(h, scores, decoder, score_kind=score_kind)
     targets = torch.randint(-1, h.num_nodes, (b,), generator=g)
     m = HierarchicalMetrics(h, top_k=(1, 5))
     m.update(decoded.node_probs, targets, decoded.nodes)
     want, confusion, _ = reference(h, decoded.node_probs, targets, decoded.nodes)
     assert_metrics_equal(m.compute(), want)
-    if method != "argmax":  # the consistent decoders never give an inconsistent path
+    if decoder != "argmax":  # the consistent decoders never give an inconsistent path
         tice = float(m.compute()["tice"])
         assert tice == 0 or math.isnan(tice)
