@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from hmc.checks import check_choice
+from hmc.data import list_images  # the one image lister (HMCDataModule(predict_paths) uses it)
 from hmc.decoding import SCORES, Decoded, check_decoder, decode
 from hmc.hierarchy import Hierarchy, HierarchyError
 
@@ -269,14 +270,6 @@ def _build_eval_transform(cfg: dict[str, Any]) -> Callable[[Any], Tensor] | None
     from hmc.data.transforms import build_transforms
 
     return build_transforms(**{**cfg, "train": False})
-
-
-def list_images(paths: Iterable[str | Path] | str | Path) -> list[Path]:
-    """Image files given directly or found (recursively, sorted) in folders: the one lister,
-    :func:`hmc.data.list_images` (so ``hmc predict`` finds the files the data module does)."""
-    from hmc.data import list_images as find_images
-
-    return find_images(paths)
 
 
 def write_predictions(

@@ -157,3 +157,55 @@ def test_predict_argument_errors(tmp_path, capsys):
     torch.save({"state_dict": {}}, not_hmc)
     assert run_main(["predict", "--ckpt_path", str(not_hmc), str(img)]) == 1
     assert "not an hmc checkpoint" in capsys.readouterr().err
+
+
+def test_predict_decoder_and_its_options_reach_the_predictor(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    import pytorch_lightning as pl
+    from PIL import Image
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hmc import Hierarchy, load_model
+    from hmc.training import HMCModule
+
+    h = Hierarchy.from_paths([("a", "a1"), ("a", "a2"), ("b", "b1")], level_names=["c", "f"])
+    m = HMCModule(h, backbone="test_resnet", head="leaf", decoder="threshold")
+    targets = torch.tensor([2, 3, 4, 2, 3, 4, 0, 1])
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), targets), batch_size=4)
+    t = pl.Trainer(
+        max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    t.fit(m, data)
+    ckpt = tmp_path / "m.ckpt"
+    t.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=True)  # fitted without a data module: add the
+    saved["hmc"]["transform"] = {"preset": "small", "image_size": 16}  # evaluation transform
+    torch.save(saved, ckpt)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        pixels = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"{i}.png")
+
+    def predict(*extra: str) -> list[dict]:
+        out = tmp_path / "p.json"
+        args = ["predict", "--ckpt_path", str(ckpt), str(images), "--output", str(out), *extra]
+        assert run_main(args) == 0, capsys.readouterr().err
+        return json.loads(out.read_text())
+
+    def paths(rows: list[dict]) -> list[str]:
+        return [r["path"] for r in rows]
+
+    assert paths(predict()) == paths(load_model(ckpt).predict_files([images]))
+    strict = load_model(ckpt, decoder_kwargs={"threshold": 0.99}).predict_files([images])
+    got = predict("--decoder_kwargs", "{threshold: 0.99}")
+    assert paths(got) == paths(strict)
+    assert all(r["f_prob"] is None or r["f_prob"] >= 0.99 for r in got)
+    argmax = predict("--decoder", "argmax")
+    assert all(r["path"].count(" > ") == 1 for r in argmax)  # argmax names every level
+    code = run_main(["predict", "--ckpt_path", str(ckpt), str(images), "--decoder", "beam"])
+    assert code == 1 and "Expected argument `decoder` to be one of" in capsys.readouterr().err

@@ -34,9 +34,9 @@ class HierarchicalClassifier(nn.Module):
 
     def __init__(
         self,
+        hierarchy: Hierarchy,
         backbone: nn.Module,
         head: nn.Module,
-        hierarchy: Hierarchy,
         config: dict[str, Any],
     ) -> None:
         super().__init__()
@@ -196,7 +196,7 @@ def build_model(
         raise TypeError(
             f"model config must be JSON-able (check backbone/head kwargs): {err}"
         ) from err
-    return HierarchicalClassifier(net, head_module, hierarchy, config)
+    return HierarchicalClassifier(hierarchy, net, head_module, config)
 
 
 def _provenance(
