@@ -10,19 +10,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from hmc.hierarchy import (
-    Hierarchy,
-    HierarchyError,
-    UnknownLabelError,
-    list_hierarchies,
-    load_hierarchy,
-)
-
 __version__ = "0.1.0"
 
-# Imported on first use: the model zoo (timm) and the losses/metrics pull in heavy libraries,
-# and the training names need Lightning.
+# Imported on first use: every name needs torch, the model zoo (timm) and the losses/metrics
+# pull in heavy libraries, and the training names need Lightning. `import hmc.onnx_predictor`
+# must work where only numpy, Pillow and onnxruntime are installed.
 _LAZY = {
+    "Hierarchy": "hmc.hierarchy",
+    "HierarchyError": "hmc.hierarchy",
+    "UnknownLabelError": "hmc.hierarchy",
+    "list_hierarchies": "hmc.hierarchy",
+    "load_hierarchy": "hmc.hierarchy",
     "CombinatorialLoss": "hmc.losses",
     "HRNLoss": "hmc.losses",
     "LeafMarginalLoss": "hmc.losses",
@@ -39,18 +37,12 @@ _LAZY = {
     "build_model": "hmc.models",
     "Predictor": "hmc.predict",
     "load_model": "hmc.predict",
+    "export": "hmc.onnx_export",
     "HMCModule": "hmc.training",
     "HMCDataModule": "hmc.training",
 }
 
-__all__ = [
-    "Hierarchy",
-    "HierarchyError",
-    "UnknownLabelError",
-    "list_hierarchies",
-    "load_hierarchy",
-    *_LAZY,
-]
+__all__ = [*_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -31,8 +31,17 @@ MAY_IMPORT: dict[str, set[str]] = {
     "calibration": {"hierarchy", "sweeps", "decoding"},
     "cache": {"hierarchy", "data", "models"},
     "predict": {"hierarchy", "sweeps", "decoding", "calibration", "models", "data"},
-    "onnx_predictor": {"hierarchy"},
-    "export": {"hierarchy", "sweeps", "decoding", "calibration", "models", "data", "predict"},
+    "onnx_predictor": set(),  # numpy, Pillow and onnxruntime only: no torch, so no hierarchy
+    "onnx_export": {
+        "hierarchy",
+        "sweeps",
+        "decoding",
+        "calibration",
+        "models",
+        "data",
+        "predict",
+        "onnx_predictor",
+    },
     "explain": {"hierarchy", "sweeps", "decoding", "calibration", "models", "data", "predict"},
     "report": {"hierarchy", "sweeps", "decoding", "calibration", "models", "data", "predict"},
     "training": {
