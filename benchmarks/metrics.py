@@ -76,7 +76,7 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=10_000)
     ap.add_argument("--sizes", default="20,200,2000,10800", help="nodes per level")
@@ -85,86 +85,88 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the results here")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    h = build_tree([int(s) for s in args.sizes.split(",")], args.seed)
+    return ap.parse_args()
+
+
+def updater(h, probs, targets, pred, groups=None, chunk=None):
+    """A fresh HierarchicalMetrics and a function that resets it and feeds it all rows
+    (``probs=None``: the prediction-only groups)."""
+    m = HierarchicalMetrics(h, metrics=groups)
+    step = chunk or len(targets)
+
+    def go():
+        m.reset()
+        for i in range(0, len(targets), step):
+            rows = slice(i, i + step)
+            m.update(None if probs is None else probs[rows], targets[rows], pred[rows])
+
+    return go, m
+
+
+def big_tree_rows(args, h) -> list[tuple[str, float]]:
     probs, targets, pred = make_data(h, args.samples, args.seed)
+    peaked = make_data(h, args.samples, args.seed, peaked=True)[0]
     leaf_sl = h.level_slice(h.num_levels)
-
-    def run_update(groups=None, chunk=None, with_probs=True):
-        m = HierarchicalMetrics(h, metrics=groups)
-        step = chunk or args.samples
-
-        def go():
-            m.reset()
-            for i in range(0, args.samples, step):
-                m.update(
-                    probs[i : i + step] if with_probs else None,
-                    targets[i : i + step],
-                    pred[i : i + step],
-                )
-
-        return go, m
-
-    rows: list[tuple[str, float]] = []
-    base = best_of(lambda: torch.aminmax(probs), args.repeats)
-    rows.append(("baseline: one read of node_probs (torch.aminmax)", base))
-    flat = MulticlassAccuracy(num_classes=leaf_sl.stop - leaf_sl.start, top_k=5)
-    leaf_t = (targets - leaf_sl.start).clamp(0, leaf_sl.stop - leaf_sl.start - 1)
-    rows.append(
+    n_leaf = leaf_sl.stop - leaf_sl.start
+    flat = MulticlassAccuracy(num_classes=n_leaf, top_k=5)
+    leaf_t = (targets - leaf_sl.start).clamp(0, n_leaf - 1)
+    full, m = updater(h, probs, targets, pred)
+    pred_groups = [g for g in METRIC_GROUPS if g not in PROBABILITY_GROUPS]
+    cases = [
+        ("baseline: one read of node_probs (torch.aminmax)", lambda: torch.aminmax(probs)),
         (
             "baseline: torchmetrics MulticlassAccuracy(top_k=5), leaf slice only",
-            best_of(lambda: (flat.reset(), flat.update(probs[:, leaf_sl], leaf_t)), args.repeats),
-        )
-    )
-    full, m = run_update()
-    rows.append(("HierarchicalMetrics.update, all metrics, one call", best_of(full, args.repeats)))
-    flat_probs = probs
-    probs = make_data(h, args.samples, args.seed, peaked=True)[0]
-    rows.append(
-        ("same, peaked probabilities (a confident model)", best_of(run_update()[0], args.repeats))
-    )
-    probs = flat_probs
-    chunked, _ = run_update(chunk=args.chunk)
-    rows.append(
+            lambda: (flat.reset(), flat.update(probs[:, leaf_sl], leaf_t)),
+        ),
+        ("HierarchicalMetrics.update, all metrics, one call", full),
+        (
+            "same, peaked probabilities (a confident model)",
+            updater(h, peaked, targets, pred)[0],
+        ),
         (
             f"HierarchicalMetrics.update, all metrics, chunks of {args.chunk}",
-            best_of(chunked, args.repeats),
+            updater(h, probs, targets, pred, chunk=args.chunk)[0],
+        ),
+        (
+            f"update without node_probs ({', '.join(pred_groups)})",
+            updater(h, None, targets, pred, pred_groups)[0],
+        ),
+    ]
+    cases += [
+        (
+            f"update, '{g}' alone (incl. validating node_probs)",
+            updater(h, probs, targets, pred, [g])[0],
         )
-    )
-    pred_groups = [g for g in METRIC_GROUPS if g not in PROBABILITY_GROUPS]
-    no_probs, _ = run_update(pred_groups, with_probs=False)
-    rows.append(
-        (f"update without node_probs ({', '.join(pred_groups)})", best_of(no_probs, args.repeats))
-    )
-    for g in PROBABILITY_GROUPS:
-        go, _ = run_update([g])
-        rows.append(
-            (f"update, '{g}' alone (incl. validating node_probs)", best_of(go, args.repeats))
-        )
-    full()
+        for g in PROBABILITY_GROUPS
+    ]
+    rows = [(name, best_of(fn, args.repeats)) for name, fn in cases]
+    full()  # compute() needs a filled state
     rows.append(
         ("compute() + confusions()", best_of(lambda: (m.compute(), m.confusions()), args.repeats))
     )
+    return rows
 
-    # A training loop's validation step: small batches on a CUB-size tree (Python overhead).
+
+def validation_step_row(args) -> tuple[str, float]:
+    """A training loop's validation step: small batches on a CUB-size tree (Python overhead)."""
     cub = load_hierarchy("cub200-hrn")
     g = torch.Generator().manual_seed(args.seed)
-    small = torch.rand(64, cub.num_nodes, generator=g)
-    small_t = torch.randint(0, cub.num_nodes, (64,), generator=g)
-    small_p = cub.paths[torch.randint(0, cub.num_nodes, (64,), generator=g)]
-    step_m = HierarchicalMetrics(cub)
-    step = best_of(
-        lambda: [step_m.update(small, small_t, small_p) for _ in range(20)], args.repeats
-    )
-    rows.append(
-        ("update, 64 predictions on cub200-hrn (251 nodes): one validation step", step / 20)
+    probs = torch.rand(64, cub.num_nodes, generator=g)
+    targets = torch.randint(0, cub.num_nodes, (64,), generator=g)
+    pred = cub.tensors().paths[torch.randint(0, cub.num_nodes, (64,), generator=g)]
+    m = HierarchicalMetrics(cub)
+    t = best_of(lambda: [m.update(probs, targets, pred) for _ in range(20)], args.repeats)
+    return (
+        f"update, 64 predictions on cub200-hrn ({cub.num_nodes} nodes): one validation step",
+        t / 20,
     )
 
+
+def report(args, h, rows: list[tuple[str, float]]) -> None:
+    base = rows[0][1]
     print(
         f"\n{args.samples} predictions, tree {h.level_sizes()} ({h.num_nodes} nodes), node_probs "
-        f"{probs.numel() * 4 / 1e6:.0f} MB float32, torch {torch.__version__}, "
+        f"{args.samples * h.num_nodes * 4 / 1e6:.0f} MB float32, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n"
     )
     print("| what | seconds | x one read of node_probs |")
@@ -173,17 +175,23 @@ def main() -> None:
         print(f"| {name} | {t:.3f} | {t / base:.1f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "command": " ".join(sys.argv),
-                    "samples": args.samples,
-                    "level_sizes": h.level_sizes(),
-                    "threads": torch.get_num_threads(),
-                    "seconds": dict(rows),
-                },
-                f,
-                indent=2,
-            )
+            record = {
+                "command": " ".join(sys.argv),
+                "samples": args.samples,
+                "level_sizes": h.level_sizes(),
+                "threads": torch.get_num_threads(),
+                "seconds": dict(rows),
+            }
+            json.dump(record, f, indent=2)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    h = build_tree([int(s) for s in args.sizes.split(",")], args.seed)
+    rows = big_tree_rows(args, h) + [validation_step_row(args)]
+    report(args, h, rows)
 
 
 if __name__ == "__main__":
