@@ -124,7 +124,7 @@ def test_the_picture_has_the_photo_and_one_titled_panel_per_level():
 # ------------------------------------------------------------------ trained model + CLI
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    return fit_checkpoint(tmp_path_factory.mktemp("explain"), steps=20)
+    return fit_checkpoint(tmp_path_factory.mktemp("explain"), steps=10)
 
 
 def test_maps_of_two_nodes_of_one_level_differ_on_a_trained_model(trained):
