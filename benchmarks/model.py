@@ -28,7 +28,6 @@ from hmc.hierarchy import load_hierarchy
 from hmc.losses import build_loss
 from hmc.models import build_model
 
-LOSS_FOR_HEAD = {"hrn": "hrn", "flat": "per_level_ce", "leaf": "leaf_marginal"}
 LIGHT_HRN = dict(mid_channels=64, hidden=256, feature_dim=128)
 
 
@@ -59,8 +58,8 @@ def time_heads(args: argparse.Namespace) -> list[dict[str, Any]]:
     runs = {}
     for head in args.heads:
         kwargs = LIGHT_HRN if head == "hrn" and args.hrn_widths == "light" else {}
-        model = build_model(args.backbone, h, head=head, **kwargs).train()
-        step = make_step(model, build_loss(LOSS_FOR_HEAD[head], h))
+        model = build_model(h, args.backbone, head, head_kwargs=kwargs).train()
+        step = make_step(model, build_loss(h, model.head.default_loss))
         for _ in range(args.warmup):
             step(images, targets)
         runs[head] = dict(model=model, step=step, times=[], flops=step_flops(step, images, targets))
@@ -100,7 +99,7 @@ def sizes(args: argparse.Namespace) -> list[dict[str, Any]]:
     h = load_hierarchy(args.sizes_hierarchy)
     rows = []
     for head in ("flat", "leaf", "hrn"):
-        model = build_model(args.sizes_backbone, h, head=head).eval()
+        model = build_model(h, args.sizes_backbone, head).eval()
         counts = model.param_counts()
         model.to("meta")  # FLOPs from shapes only: no arithmetic
         images = torch.empty(1, 3, args.sizes_image_size, args.sizes_image_size, device="meta")
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--hierarchy", default="cub200-hrn", help="shipped name or path")
-    p.add_argument("--heads", nargs="+", default=["flat", "hrn"], choices=sorted(LOSS_FOR_HEAD))
+    p.add_argument("--heads", nargs="+", default=["flat", "hrn"], choices=["flat", "hrn", "leaf"])
     p.add_argument("--hrn-widths", choices=["paper", "light"], default="paper")
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--batch-size", type=int, default=16)

@@ -56,7 +56,7 @@ def module_kwargs(args) -> dict:
 
 def bare_run(args, h, ds) -> float:
     """Images/s of the plain loop over the timed epochs."""
-    from hmc.training.module import HMCModule, _schedule
+    from hmc.training import HMCModule
 
     torch.manual_seed(args.seed)
     m = HMCModule(h, **module_kwargs(args))  # the same model, loss and groups; no Trainer
@@ -64,7 +64,7 @@ def bare_run(args, h, ds) -> float:
     opt = torch.optim.SGD(
         model.param_groups(head_lr=0.01, backbone_lr=0.001), momentum=0.9, weight_decay=5e-4
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule("cosine", args.epochs, 0))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)  # as HMCModule
     dl = loader(ds, args.batch_size)
     seen, start = 0, None
     for epoch in range(args.epochs):
