@@ -49,27 +49,9 @@ from hmc.metrics.ranking import (
     HierarchicalAveragePrecision,
     LevelCalibrationError,
     TopKAccuracy,
-    binned_average_precision,
 )
 
-__all__ = [
-    "METRIC_GROUPS",
-    "PROBABILITY_GROUPS",
-    "HierarchicalMetrics",
-    "evaluate",
-    "HierarchicalMetric",
-    "LevelAccuracy",
-    "TopKAccuracy",
-    "FullPathAccuracy",
-    "InconsistencyRate",
-    "HierarchicalF1",
-    "MistakeSeverity",
-    "AverageHierarchicalDistance",
-    "HierarchicalAveragePrecision",
-    "LevelCalibrationError",
-    "LevelConfusion",
-    "binned_average_precision",
-]
+__all__ = ["METRIC_GROUPS", "PROBABILITY_GROUPS", "HierarchicalMetrics", "evaluate"]
 
 #: Group name -> metric class (``HierarchicalMetrics(metrics=[...])`` takes these names).
 METRIC_GROUPS: dict[str, type[HierarchicalMetric]] = {
