@@ -18,6 +18,8 @@ pre-softmax quantity Grad-CAM is defined on. ``"probability"`` is the node's pro
 from __future__ import annotations
 
 import difflib
+import sys
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -369,7 +371,7 @@ def explain_files(
 
 
 def strip_titles(hierarchy: Hierarchy, e: Explanation) -> list[str]:
-    """"<level>: <name> <prob>" for each level of a one-image Explanation."""
+    """Captions ``"<level>: <name> <prob>"`` for each level of a one-image Explanation."""
     out = []
     for c, p, d in zip(e.nodes.tolist(), e.probs.tolist(), e.levels, strict=True):
         level = hierarchy.level_names[d - 1]
@@ -403,3 +405,15 @@ def write_explanations(
         render_explanation(h, shown, e.maps, e.nodes, e.probs, e.levels).save(target)
         written.append(target)
     return written
+
+
+class _CallableModule(types.ModuleType):
+    """``hmc.explain`` is both this module and its function. Loading a submodule binds the
+    package attribute to the module (whoever imports it first), so the module calls
+    :func:`explain` and ``hmc.explain(model, images)`` works in either import order."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Explanation:
+        return explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -55,6 +55,14 @@ def test_maps_have_the_image_size_and_values_in_the_unit_range(head, target):
     torch.testing.assert_close(e.probs, ref.probs)
 
 
+def test_hmc_explain_is_callable_after_the_module_was_imported():
+    import hmc
+    import hmc.explain as module  # binds the package attribute to the module
+
+    model, x = tiny("flat"), torch.randn(1, 3, 64, 64)
+    assert torch.equal(hmc.explain(model, x).maps, module.explain(model, x).maps)
+
+
 def test_one_forward_pass_serves_every_level():
     model = tiny("hrn")
     calls = []
