@@ -176,7 +176,8 @@ def _threshold(
 ) -> Tensor:
     nodes = _greedy(h, s, probs, score_kind, scores)
     chosen = probs.gather(1, nodes.clamp_min(0))
-    keep = (chosen >= threshold).long().cumprod(1).bool() & (nodes >= 0)
+    # Kept until the first node below the threshold; cumsum, not cumprod: ONNX has CumSum only.
+    keep = ((chosen < threshold).long().cumsum(1) == 0) & (nodes >= 0)
     return torch.where(keep, nodes, torch.full_like(nodes, -1))
 
 
