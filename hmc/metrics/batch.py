@@ -120,18 +120,10 @@ class MetricBatch:
 
     def _format_targets(self, targets: Tensor, validate: bool) -> Tensor:
         h = self.hierarchy
-        if targets.is_floating_point() or targets.dtype == torch.bool:
-            raise ValueError(
-                f"Expected argument `targets` to be an integer tensor, but got {targets.dtype}"
-            )
-        targets = targets.long()
+        targets = _integers(targets, "targets")
         if targets.ndim == 1:
-            if validate and targets.numel() and int(targets.max()) >= h.num_nodes:
-                bad = int(targets.argmax())
-                raise ValueError(
-                    f"Expected argument `targets` to hold node columns in [0, {h.num_nodes}) or a "
-                    f"negative value for unlabelled, but got targets[{bad}] = {int(targets[bad])}"
-                )
+            if validate:
+                _check_nodes(h, targets, "targets", " or a negative value for unlabelled")
             return h.level_targets(targets)
         if targets.ndim == 2 and targets.shape[1] == h.num_levels:
             # Per-level targets: the deepest labelled column is the label.
@@ -158,19 +150,11 @@ class MetricBatch:
 
     def _format_predictions(self, pred: Tensor, batch: int, validate: bool) -> Tensor:
         h = self.hierarchy
-        if pred.is_floating_point() or pred.dtype == torch.bool:
-            raise ValueError(
-                f"Expected argument `predictions` to be an integer tensor, but got {pred.dtype}"
-            )
-        pred = pred.long()
+        pred = _integers(pred, "predictions")
         _check_batch(pred, batch, "predictions")
         if pred.ndim == 1:
-            if validate and pred.numel() and int(pred.max()) >= h.num_nodes:
-                bad = int(pred.argmax())
-                raise ValueError(
-                    f"Expected argument `predictions` to hold node columns in [0, {h.num_nodes}), "
-                    f"but got predictions[{bad}] = {int(pred[bad])}"
-                )
+            if validate:
+                _check_nodes(h, pred, "predictions")
             return h.level_targets(pred)
         if pred.ndim == 2 and pred.shape[1] == h.num_levels:
             pred = torch.where(pred >= 0, pred, -1)
@@ -244,4 +228,20 @@ def _check_batch(x: Tensor, batch: int, name: str) -> None:
         raise ValueError(
             f"Expected argument `{name}` to have {batch} rows (one per target), but got "
             f"shape {list(x.shape)}"
+        )
+
+
+def _integers(x: Tensor, name: str) -> Tensor:
+    if x.is_floating_point() or x.dtype == torch.bool:
+        raise ValueError(f"Expected argument `{name}` to be an integer tensor, but got {x.dtype}")
+    return x.long()
+
+
+def _check_nodes(h: Hierarchy, cols: Tensor, name: str, negative: str = "") -> None:
+    """[B] node columns must be < num_nodes (negative ones mean "none")."""
+    if cols.numel() and int(cols.max()) >= h.num_nodes:
+        bad = int(cols.argmax())
+        raise ValueError(
+            f"Expected argument `{name}` to hold node columns in [0, {h.num_nodes}){negative}, "
+            f"but got {name}[{bad}] = {int(cols[bad])}"
         )
