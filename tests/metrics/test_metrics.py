@@ -106,7 +106,7 @@ def test_topk_ties_go_to_the_lower_column_like_argmax():
     acc = LevelAccuracy(h)
     acc.update(probs, targets)  # argmax picks the first maximum: col 2, 2, 0
     assert float(acc.compute()["acc/level_1"]) == 0
-    # The same through the collection, which takes the per-level max from one topk pass.
+    # The same through the collection, whose metrics share one formatted batch.
     both = HierarchicalMetrics(h, metrics=["acc", "topk", "ece"])
     both.update(probs, targets)
     assert float(both.compute()["acc/level_1"]) == 0
