@@ -172,10 +172,6 @@ class HierarchicalDataset(Dataset):
             image = self.transform(image)
         return image, int(self.targets[index])
 
-    def sample_name(self, index: int) -> str:
-        """What to call sample ``index`` in messages (its path for file datasets)."""
-        return f"sample {index}"
-
     # --------------------------------------------------------- derived copies
     def subset(self, indices: torch.Tensor | Sequence[int]) -> HierarchicalDataset:
         """A shallow copy holding only rows ``indices`` (in that order)."""
@@ -291,9 +287,6 @@ class ImageFileDataset(HierarchicalDataset):
             x, y, w, h = self.boxes[index].tolist()
             image = image.crop((round(x), round(y), round(x + w), round(y + h)))
         return image
-
-    def sample_name(self, index: int) -> str:
-        return str(self.paths[index])
 
 
 class ArrayDataset(HierarchicalDataset):

@@ -131,3 +131,28 @@ def test_decode_size_draws_jpegs_smaller_but_never_below_the_size(tmp_path):
     assert ds[0][0].size == (24, 16)
     assert decode_size("paper") == 550 and decode_size("small", 32) == 32
     assert decode_size("imagenet") is None
+
+
+# ---------------------------------------------------------------------- API shape
+@pytest.mark.parametrize(
+    "fn",
+    [D.HierarchicalDataset, D.ImageFileDataset, D.ArrayDataset, D.CSVDataset, D.ImagePaths,
+     D.level_counts, D.relabel_targets, D.balanced_weights, D.class_balanced_sampler],
+    ids=lambda f: f.__name__,
+)  # fmt: skip
+def test_the_hierarchy_comes_first(fn):
+    import inspect
+
+    params = [p for p in inspect.signature(fn).parameters if p != "self"]
+    assert params[0] == "hierarchy"
+
+
+@pytest.mark.parametrize("cls", list(D.DATASETS.values()), ids=lambda c: c.__name__)
+def test_a_default_hierarchy_is_the_keyword_hierarchy(cls):
+    import inspect
+
+    param = inspect.signature(cls).parameters["hierarchy"]
+    if cls is D.CSVDataset:  # no default tree: the first argument
+        assert next(iter(inspect.signature(cls).parameters)) == "hierarchy"
+    else:
+        assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is None
