@@ -347,15 +347,15 @@ def loss_fn(training: str, h: Hierarchy, tree: Tree):
     """(node_scores, leaf_logits, targets) -> scalar loss of a training."""
     spec = TRAININGS[training]
     if spec["head"] == "flat":
-        ce = build_loss("per_level_ce", h)
+        ce = build_loss(h, "flat")
         return lambda x, z, t: ce(x, t)
     if spec["head"] == "leaf":
-        lm = build_loss("leaf_marginal", h)
+        lm = build_loss(h, "leaf")
         return lambda x, z, t: lm(x, t)
     if spec["leaf_loss"] == "ce":
-        hrn = build_loss("hrn", h, scores=spec["scores"])
+        hrn = build_loss(h, "hrn", scores=spec["scores"])
         return lambda x, z, t: hrn(x, t, leaf_logits=z)
-    comb = build_loss("combinatorial", h, scores=spec["scores"])
+    comb = build_loss(h, "combinatorial", scores=spec["scores"])
     anc = tree.anc.float().t()  # [N, L]
 
     def total(x, z, t):
@@ -402,7 +402,7 @@ def run_one(
     train_t = relabel_targets(h, targets[train_idx], ratio, to="parent", selection="first")
 
     torch.manual_seed(seed)
-    head = create_head(spec["head"], h, feats.shape[1], **head_kwargs(training, args))
+    head = create_head(h, spec["head"], feats.shape[1], **head_kwargs(training, args))
     loss_of = loss_fn(training, h, tree)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd, foreach=True)
     steps = len(train_idx) // args.batch_size  # drop_last: BatchNorm needs B > 1
