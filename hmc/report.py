@@ -6,8 +6,8 @@ With labels, every card also says whether it is a mistake (the node predicted at
 level is not the label); mistakes show the true path, the predicted path and their distance in
 the tree (edges between the label and the prediction at its level, or the deepest prediction
 when the decoder stopped above it), and a checkbox filters the grid down to them (a few lines
-of inline script). An optional per-level CAM strip (images from :mod:`hmc.explain`) goes
-under each card.
+of inline script; ``report.html#mistakes`` opens filtered). An optional per-level CAM strip
+(images from :mod:`hmc.explain`) goes under each card.
 
 Images are embedded as JPEG data URIs by default (one file to send around, nothing fetched at
 view time); ``embed=False`` references the files by paths relative to the report instead.
@@ -60,10 +60,13 @@ text-overflow:ellipsis}
 body.mistakes-only .card:not(.mistake){display:none}
 """
 
-# The whole script: the checkbox toggles a class on <body>; CSS hides the correct cards.
+# The whole script: the checkbox toggles a class on <body>, and CSS hides the correct cards;
+# report.html#mistakes opens with the filter on (a link to share).
 _SCRIPT = (
-    "document.getElementById('mistakes-only').addEventListener('change',"
-    "e=>document.body.classList.toggle('mistakes-only',e.target.checked));"
+    "const box=document.getElementById('mistakes-only');"
+    "const apply=()=>document.body.classList.toggle('mistakes-only',box.checked);"
+    "box.addEventListener('change',apply);"
+    "if(location.hash==='#mistakes'){box.checked=true;apply();}"
 )
 
 

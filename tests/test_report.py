@@ -160,6 +160,10 @@ def test_the_report_in_headless_chromium(gallery, tmp_path):
     assert re.search(r'<input type="checkbox" id="mistakes-only">', dom)
     assert dom.count('class="card mistake"') == 2
     assert "body.mistakes-only .card:not(.mistake){display:none}" in dom
+    assert '<body class="mistakes-only">' not in dom
+    # The filter's script runs: #mistakes opens the page with the filter on.
+    filtered = chromium("--dump-dom", url + "#mistakes", tmp=tmp_path).stdout
+    assert '<body class="mistakes-only">' in filtered
 
     shot = tmp_path / "shot.png"
     chromium(f"--screenshot={shot}", "--window-size=800,600", url, tmp=tmp_path)
