@@ -5,6 +5,13 @@ stay plain YAML; the hierarchy arrives from the data module (``data.hierarchy`` 
 ``model.hierarchy`` in :mod:`hmc.cli`). Checkpoints carry their hierarchy and model config under
 ``checkpoint["hmc"]`` and load with ``torch.load(weights_only=True)``; :func:`hmc.load_model`
 turns one into a predictor with no other file.
+
+Why parts are built from names (``head: hrn``, ``optimizer: sgd``) rather than injected as
+objects, as LightningCLI's ``OptimizerCallable`` would: ``hyper_parameters`` must rebuild the
+module from plain values (``load_from_checkpoint`` with ``weights_only=True``), and the
+optimiser needs the model's two parameter groups (head and backbone learning rates, the
+paper's 10:1), which a generic optimiser callable does not know; so ``hmc fit`` runs with
+``auto_configure_optimizers=False``.
 """
 
 from __future__ import annotations
