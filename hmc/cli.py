@@ -35,6 +35,8 @@ Hierarchical multi-granularity classification.
   hmc fit --config configs/demo.yaml        train (LightningCLI; also validate, test)
   hmc predict --ckpt_path run.ckpt --data.predict_paths '[a.jpg, folder/]' --output p.csv
   hmc explain --ckpt_path run.ckpt images/ --output explain/   per-level CAM pictures
+  hmc export --ckpt_path run.ckpt --output model.onnx    one ONNX file, to predict without torch
+  hmc predict --model model.onnx images/ --output p.csv  the same rows on ONNX Runtime
   hmc hierarchy show NAME|PATH              print a hierarchy with counts per level
   hmc hierarchy validate PATH               check a hierarchy file (exit 1 on error)
 """
@@ -214,7 +216,10 @@ def _predict_parser() -> ArgumentParser:
         ),
     )
     parser.add_argument("-c", "--config", action=ActionConfigFile)
-    parser.add_argument("--ckpt_path", type=str, required=True, help="an hmc .ckpt file")
+    parser.add_argument("--ckpt_path", type=str | None, default=None, help="an hmc .ckpt file")
+    parser.add_argument(
+        "--model", type=str | None, default=None, help="or an .onnx file from `hmc export`"
+    )
     parser.add_argument(
         "--data.predict_paths",
         type=list[str] | str | None,
@@ -257,6 +262,11 @@ def predict_main(argv: Sequence[str]) -> int:
     if not paths and not cfg.labels:
         print("error: give images with --data.predict_paths '[a.jpg, folder/]'", file=sys.stderr)
         return 2
+    if (cfg.ckpt_path is None) == (cfg.model is None):
+        print("error: give one of --ckpt_path run.ckpt or --model model.onnx", file=sys.stderr)
+        return 2
+    if cfg.model is not None:
+        return _predict_onnx(cfg, paths)
     try:
         predictor = load_model(
             cfg.ckpt_path,
@@ -274,6 +284,68 @@ def predict_main(argv: Sequence[str]) -> int:
     write_predictions(rows, cfg.output, cfg.format)
     if cfg.output not in (None, "-"):
         print(f"hmc predict: {len(rows)} images -> {cfg.output}", file=sys.stderr)
+    return 0
+
+
+def _predict_onnx(cfg: Any, paths: list[str]) -> int:
+    """``hmc predict --model model.onnx``: :class:`hmc.onnx_predictor.OnnxPredictor`."""
+    from hmc.onnx_predictor import OnnxPredictor, write_predictions
+
+    unsupported = [k for k in ("decoder_kwargs", "report", "labels") if cfg[k]]
+    if cfg.device != "cpu" or unsupported:
+        what = unsupported or [f"device {cfg.device!r}"]
+        print(f"error: {what} need --ckpt_path (the ONNX predictor runs on CPU)", file=sys.stderr)
+        return 2
+    try:
+        hierarchy = None
+        if cfg.hierarchy is not None:
+            from hmc.training.artifacts import resolve_hierarchy
+
+            hierarchy = resolve_hierarchy(cfg.hierarchy)
+        predictor = OnnxPredictor(cfg.model, hierarchy)
+        rows = predictor.predict_files(paths, cfg.data.batch_size, decoder=cfg.decoder)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    write_predictions(rows, cfg.output, cfg.format)
+    if cfg.output not in (None, "-"):
+        print(f"hmc predict: {len(rows)} images -> {cfg.output}", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------------- export
+def _export_parser() -> ArgumentParser:
+    parser = _HintParser(
+        prog="hmc export",
+        description=(
+            "Write a checkpoint as one ONNX file that holds the model, its decoder and, in its "
+            "metadata, the hierarchy and evaluation transform; `hmc predict --model` and "
+            "hmc.onnx_predictor run it with onnxruntime alone (no torch)."
+        ),
+    )
+    parser.add_argument("-c", "--config", action=ActionConfigFile)
+    parser.add_argument("--ckpt_path", type=str, required=True, help="an hmc .ckpt file")
+    parser.add_argument("--output", type=str, required=True, help="the .onnx file to write")
+    parser.add_argument(
+        "--decoder", type=str | None, default=None, help="default: the checkpoint's"
+    )
+    parser.add_argument("--decoder_kwargs", type=dict | None, default=None)
+    return parser
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """``hmc export ...``; returns the exit code."""
+    from hmc.onnx_export import ExportError, export
+
+    cfg = _export_parser().parse_args(list(argv))
+    try:
+        path = export(
+            cfg.ckpt_path, cfg.output, decoder=cfg.decoder, decoder_kwargs=cfg.decoder_kwargs
+        )
+    except (OSError, ValueError, ExportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"hmc export: {cfg.ckpt_path} -> {path}", file=sys.stderr)
     return 0
 
 
@@ -391,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(predict_main(args[1:]))
     if args[:1] == ["explain"]:
         sys.exit(explain_main(args[1:]))
+    if args[:1] == ["export"]:
+        sys.exit(export_main(args[1:]))
     # args=None lets LightningCLI read sys.argv itself (and DDP workers re-run the same argv).
     run_lightning_cli(None if argv is None else args)
 

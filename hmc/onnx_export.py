@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -192,11 +193,18 @@ def _trace(wrapper: _Deployed, x: Tensor, source: str):
             return torch.onnx.export(wrapper, (x,), None, **kwargs)
     except Exception as err:
         name, module = _failing_module(wrapper, x)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(
             f"cannot export {source} to ONNX: {name} ({type(module).__name__}) cannot be "
-            f"traced by torch.onnx.export: {first}"
+            f"traced by torch.onnx.export: {_root_cause(err)}"
         ) from err
+
+
+def _root_cause(err: BaseException) -> str:
+    """First line of the innermost chained exception (torch.onnx wraps the real one), plain."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _exports(module: nn.Module, args: tuple[Any, ...]) -> bool:
@@ -226,15 +234,23 @@ def _failing_module(wrapper: _Deployed, x: Tensor) -> tuple[str, nn.Module]:
             hook.remove()
     if _exports(model, seen[""]):
         return f"the decoding (decoder {wrapper.decoder!r})", wrapper.predictor
-    name, module = "", model
+    modules = dict(model.named_modules())
+    name = ""
     while True:
-        for child, sub in module.named_children():
-            full = f"{name}.{child}" if name else child
-            if full in seen and not _exports(sub, seen[full]):
-                name, module = full, sub
+        for sub in _runs_below(name, seen):
+            if not _exports(modules[sub], seen[sub]):
+                name = sub
                 break
         else:
-            return f"module {name or 'model'!r}", module
+            return f"module {name or 'model'!r}", modules[name]
+
+
+def _runs_below(name: str, seen: dict[str, Any]) -> list[str]:
+    """The modules run inside module ``name`` with no other run module between (containers
+    such as ModuleList are never called, so their members count as direct)."""
+    prefix = f"{name}." if name else ""
+    below = [n for n in seen if n.startswith(prefix) and n != name]
+    return [n for n in below if not any(n.startswith(f"{m}.") for m in below if m != n)]
 
 
 def _metadata(
