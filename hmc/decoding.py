@@ -230,7 +230,8 @@ def decode(
     check_choice("scores", scores, SCORES)
     s = _node_scores(hierarchy, output)
     with torch.no_grad():
-        probs = node_probabilities(hierarchy, s, score_kind=score_kind, scores=scores)
+        # The whole output, so that a probability model may read more than the node scores.
+        probs = node_probabilities(hierarchy, output, score_kind=score_kind, scores=scores)
         nodes = _DECODER_FNS[decoder](hierarchy, s, probs, score_kind, scores, **options)
         chosen = torch.where(nodes >= 0, probs.gather(1, nodes.clamp_min(0)), 0.0)
     return Decoded(nodes, chosen, probs)
