@@ -277,6 +277,8 @@ def test_bad_arguments(tree):
         HierarchicalMetrics(tree, top_k=0)
     with pytest.raises(ValueError, match="thresholds"):
         HierarchicalMetrics(tree, thresholds=1)
+    with pytest.raises(ValueError, match="ahd_k"):  # an old option name fails loudly
+        HierarchicalMetrics(tree, ahd_k=(1, 5))
     with pytest.raises(TypeError, match="hmc.Hierarchy"):
         LevelAccuracy("cub200")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="confusion"):
