@@ -279,7 +279,45 @@ def write_feature_cache(
         return final
     rank, world = _rank_world()
     partial = root / f"{key}.partial"
-    frozen = frozen.eval()
+    modes = [(m, m.training) for m in frozen.modules()]
+    frozen.eval()
+    try:
+        return _write(
+            root,
+            key,
+            partial,
+            frozen,
+            images,
+            n,
+            flip_view,
+            batch_size,
+            dtype,
+            progress,
+            loader_kwargs,
+            rank,
+            world,
+        )
+    finally:
+        for m, training in modes:  # the view shares its modules with the model: restore them
+            m.training = training
+
+
+def _write(
+    root,
+    key,
+    partial,
+    frozen,
+    images,
+    n,
+    flip_view,
+    batch_size,
+    dtype,
+    progress,
+    loader_kwargs,
+    rank,
+    world,
+) -> Path:
+    final = root / key
     views = 2 if flip_view else 1
     existing = partial / "features.npy"
     if existing.exists():  # resuming: the shape is in the file's header
@@ -387,12 +425,14 @@ def open_feature_cache(folder: str | os.PathLike) -> tuple[np.ndarray, dict[str,
 class CachedFeatures(torch.utils.data.Dataset):
     """``(features [C, H, W] float32, target)`` from a cache, in the order it was written.
 
-    With two views (``flip_view``), each epoch reads the plain or the flipped view of each
-    image, chosen at random per image and epoch (reproducibly, from ``seed`` and the epoch set
-    with :meth:`set_epoch`).
+    With two views (``flip_view``), each read takes the plain or the flipped view at random
+    from torch's generator, which data-loader workers seed anew every epoch (and
+    ``seed_everything(workers=True)`` makes reproducible).
     """
 
-    def __init__(self, folder: str | os.PathLike, targets: Tensor, seed: int = 0) -> None:
+    on_bad_sample = "raise"  # a cache holds no undecodable image
+
+    def __init__(self, folder: str | os.PathLike, targets: Tensor) -> None:
         self.array, self.meta = open_feature_cache(folder)
         if len(targets) != self.array.shape[1]:
             raise FeatureCacheError(
@@ -400,20 +440,12 @@ class CachedFeatures(torch.utils.data.Dataset):
                 f"dataset has {len(targets)}"
             )
         self.targets = targets
-        self.seed, self.epoch = seed, 0
-        self.random_view = self.array.shape[0] > 1
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _view(self, i: int) -> int:
-        if not self.random_view:
-            return 0
-        return int(np.random.default_rng((self.seed, self.epoch, i)).integers(0, 2))
+        self.views = self.array.shape[0]
 
     def __len__(self) -> int:
         return self.array.shape[1]
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        feats = torch.from_numpy(np.asarray(self.array[self._view(i), i], dtype=np.float32))
+        view = int(torch.randint(self.views, ())) if self.views > 1 else 0
+        feats = torch.from_numpy(np.asarray(self.array[view, i], dtype=np.float32))
         return feats, self.targets[i]

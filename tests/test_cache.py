@@ -181,23 +181,23 @@ def test_too_small_disk_fails_before_the_pass(tmp_path, lite0, monkeypatch):
     assert computed == [0]  # only the shape probe ran
 
 
-def test_flip_view_is_random_per_epoch_and_reproducible(tmp_path, lite0):
+def test_flip_view_is_random_per_read_and_reproducible(tmp_path, lite0):
     frozen, _ = split_backbone(lite0, 3)
-    folder = write_feature_cache(tmp_path, "k", frozen, _image, 8, flip_view=True, progress=False)
-    ds = CachedFeatures(folder, torch.arange(8), seed=3)
-    views = []
-    for epoch in range(4):
-        ds.set_epoch(epoch)
-        views.append([ds._view(i) for i in range(8)])
-    assert len({tuple(v) for v in views}) > 1 and {0, 1} <= {x for v in views for x in v}
-    ds.set_epoch(2)
-    again = CachedFeatures(folder, torch.arange(8), seed=3)
-    again.set_epoch(2)
-    assert [ds._view(i) for i in range(8)] == [again._view(i) for i in range(8)]
-    x, y = ds[5]
-    assert x.dtype == torch.float32 and int(y) == 5
-    with pytest.raises(FeatureCacheError, match="has 8 images, but the dataset has 7"):
-        CachedFeatures(folder, torch.arange(7))
+    folder = write_feature_cache(tmp_path, "k", frozen, _image, 4, flip_view=True,
+                                 progress=False)
+    ds = CachedFeatures(folder, torch.arange(4))
+    array, _ = open_feature_cache(folder)
+    plain, flipped = (torch.from_numpy(array[v, 2].astype(np.float32)) for v in (0, 1))
+    torch.manual_seed(0)
+    reads = [ds[2][0] for _ in range(20)]
+    kinds = [0 if torch.equal(r, plain) else 1 if torch.equal(r, flipped) else -1 for r in reads]
+    assert set(kinds) == {0, 1}  # both views, nothing else
+    torch.manual_seed(0)
+    assert all(torch.equal(a, ds[2][0]) for a in reads)  # same seed, same views
+    x, y = ds[3]
+    assert x.dtype == torch.float32 and int(y) == 3
+    with pytest.raises(FeatureCacheError, match="has 4 images, but the dataset has 3"):
+        CachedFeatures(folder, torch.arange(3))
 
 
 def _ddp_worker(rank: int, world: int, root: str, port: int) -> None:
