@@ -175,9 +175,15 @@ class HMCModule(pl.LightningModule):
         """images [B, 3, H, W] -> HeadOutput(node_scores [B, N], leaf_logits, level_features)."""
         return self.model(images)
 
+    def _forward_batch(self, x: Tensor):
+        # Under hmc.training.FeatureCache the fit batches hold the frozen stages' output; the
+        # cache's `rest` view (the backbone's later stages, same parameters) continues from it.
+        rest = self.__dict__.get("feature_input")
+        return self.model(x) if rest is None else self.model.head(rest(x))
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
-        out = self.model(images)
+        out = self._forward_batch(images)
         loss = self.loss_fn(out.node_scores, targets, leaf_logits=out.leaf_logits)
         # A tensor, not a float: Lightning syncs to host only at its logging interval.
         self.log(
@@ -200,7 +206,7 @@ class HMCModule(pl.LightningModule):
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         images, targets = batch
-        out = self.model(images)
+        out = self._forward_batch(images) if stage == "val" else self.model(images)
         loss = self.loss_fn(out.node_scores, targets, leaf_logits=out.leaf_logits)
         decoded = self.decode(out)
         self._metrics(stage).update(decoded.node_probs, targets, decoded.nodes)
