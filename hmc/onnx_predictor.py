@@ -20,6 +20,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -48,7 +49,7 @@ FORMAT = "hmc-onnx/1"  # bump the number when a reader of the old format would m
 METADATA_KEY = "hmc"
 INPUT = "images"
 OUTPUTS = ("nodes", "probs", "node_probs")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 # PIL's resampling filters by the names torchvision and timm use.
 INTERPOLATIONS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
@@ -310,16 +311,22 @@ def _describe(h: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------- files in and out
-# Torch-free twins of hmc.predict.list_images / write_predictions (that module imports torch).
+# Torch-free twins of hmc.data.list_images and hmc.predict.write_predictions (those modules
+# import torch); tests/test_export.py checks that they agree.
 def list_images(paths: Iterable[str | Path] | str | Path) -> list[Path]:
-    """Image files given directly or found (recursively, sorted) in folders."""
+    """Image files given directly, or found in folders (recursively, symlinked folders not
+    followed, sorted), in the given order; the same files as :func:`hmc.data.list_images`."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files: list[Path] = []
     for p in map(Path, paths):
+        p = p.expanduser()
         if p.is_dir():
             found = sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                Path(dirpath) / f
+                for dirpath, _, names in os.walk(p)
+                for f in names
+                if f.lower().endswith(IMAGE_SUFFIXES)
             )
             if not found:
                 raise FileNotFoundError(

@@ -299,6 +299,24 @@ def test_hierarchy_fingerprint_without_torch_equals_the_hierarchys(name):
     assert hierarchy_fingerprint(h.to_dict()) == h.fingerprint()
 
 
+def test_the_torch_free_file_helpers_agree_with_hmcs(tmp_path, capsys):
+    import hmc.data
+    import hmc.onnx_predictor as op
+    from hmc.predict import write_predictions
+
+    assert op.IMAGE_SUFFIXES == hmc.data.IMAGE_SUFFIXES
+    for rel in ["b/x.JPG", "a/y.png", "a/z.txt", "a/deep/w.webp", "c.jpeg"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    given = [tmp_path, tmp_path / "c.jpeg"]
+    assert op.list_images(given) == hmc.data.list_images(given)
+    rows = [{"image": "a.jpg", "order": "x", "order_prob": 0.5, "family": "", "family_prob": None}]
+    for name in ("p.csv", "p.json"):
+        write_predictions(rows, tmp_path / f"torch-{name}")
+        op.write_predictions(rows, tmp_path / f"onnx-{name}")
+        assert (tmp_path / f"onnx-{name}").read_text() == (tmp_path / f"torch-{name}").read_text()
+
+
 # ---------------------------------------------------------------------- torch-free
 TORCH_FREE = """
 import importlib.abc, sys
