@@ -40,9 +40,10 @@ test: lint docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900
 
 # make demo: Fashion-MNIST from the Debian package (installed when apt-get is available; else
-# torchvision downloads it), then `hmc fit --config configs/demo.yaml` on the CPU and `hmc test`
-# on its final checkpoint: prints the per-level results table and writes the per-level accuracy
-# plot to runs/demo/. Offline once the data is there (W&B falls back to offline by itself).
+# torchvision downloads it), then `hmc fit --config configs/base.yaml --config configs/demo.yaml`
+# on the CPU and `hmc test` on its final checkpoint: prints the per-level results table and
+# writes the per-level accuracy plot to runs/demo/. Offline once the data is there (W&B falls
+# back to offline by itself).
 # One intra-op thread by default (OMP_NUM_THREADS=2 make demo to change): at 32 px threads gain
 # little, and on cores shared with other work OpenMP's spinning threads slow training 10-30x.
 demo: install
@@ -51,8 +52,8 @@ demo: install
 		(apt-get update -q && apt-get install -y -q dataset-fashion-mnist) >/dev/null 2>&1 \
 			|| echo "make demo: apt-get failed; torchvision will download Fashion-MNIST"; \
 	fi
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/hmc fit --config configs/demo.yaml
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/hmc test --config configs/demo.yaml \
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/hmc fit --config configs/base.yaml --config configs/demo.yaml
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/hmc test --config configs/base.yaml --config configs/demo.yaml \
 		--ckpt_path runs/demo/checkpoints/last.ckpt --verbose false
 	@echo "make demo: plot runs/demo/per_level_accuracy.png, metrics runs/demo/test_metrics.json"
 

@@ -4,8 +4,8 @@ Both loops train the same model (hmc.models.build_model) with the same loss (HRN
 SGD parameter groups (head/backbone learning rates) and the same per-epoch cosine schedule on
 the same in-memory batches (DataLoader, num_workers 0). The Lightning side runs as the
 configs do: the per-stage metrics objects, train-loss logging (CSV logger, or W&B offline),
-lr logging, RunCheckpoint (last.ckpt every N steps and at epoch end) and optionally the rich
-progress bar. Validation is off in both (it is not part of a training step's cost).
+lr logging, configs/base.yaml's ModelCheckpoint (last.ckpt at every epoch end) and optionally
+the rich progress bar. Validation is off in both (it is not part of a training step's cost).
 
 Runs alternate (bare, lightning, bare, ...) to spread machine noise; the first epoch of every
 run is a warm-up and is not timed. Reported: images/s per run (median) and the overhead
@@ -24,9 +24,12 @@ import statistics
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+
+BASE = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -84,8 +87,10 @@ def bare_run(args, h, ds) -> float:
 
 def lightning_run(args, h, ds, root: str) -> float:
     import pytorch_lightning as pl
+    import yaml
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from hmc.training.module import HMCModule, RunCheckpoint
+    from hmc.training.module import HMCModule
 
     class Clock(pl.Callback):
         def __init__(self) -> None:
@@ -107,7 +112,10 @@ def lightning_run(args, h, ds, root: str) -> float:
     m = HMCModule(h, **module_kwargs(args))
     clock = Clock()
     callbacks = [
-        RunCheckpoint(save_last=True, save_top_k=0, every_n_train_steps=args.ckpt_every),
+        ModelCheckpoint(
+            dirpath=os.path.join(root, "checkpoints"),
+            **yaml.safe_load(BASE.read_text())["checkpoint"],
+        ),
         clock,
     ]
     if args.progress == "rich":
@@ -115,7 +123,7 @@ def lightning_run(args, h, ds, root: str) -> float:
 
         callbacks.append(RichProgressBar())
     if args.logger == "wandb":
-        from hmc.training.wandb import WandbLogger
+        from hmc.training import WandbLogger
 
         logger = WandbLogger(save_dir=root, project="hmc-overhead", offline=True)
     elif args.logger == "csv":
@@ -159,7 +167,6 @@ def main() -> None:
     p.add_argument("--logger", choices=["csv", "wandb", "none"], default="csv")
     p.add_argument("--progress", choices=["rich", "none"], default="none")
     p.add_argument("--log-every", type=int, default=10, help="log_every_n_steps (demo: 10)")
-    p.add_argument("--ckpt-every", type=int, default=50, help="RunCheckpoint every_n_train_steps")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results here")

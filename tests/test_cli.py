@@ -12,7 +12,14 @@ import yaml
 
 from hmc.cli import did_you_mean, main
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+BASE = CONFIG_DIR / "base.yaml"
+RECIPES = sorted(p for p in CONFIG_DIR.glob("*.yaml") if p != BASE)
+
+
+def composed(recipe: Path) -> list[str]:
+    """``--config configs/base.yaml --config <recipe>``, as the recipes are meant to be run."""
+    return ["--config", str(BASE), "--config", str(recipe)]
 
 
 def run_main(args: list[str]) -> int:
@@ -74,14 +81,14 @@ def test_did_you_mean_prefers_the_same_group():
 
 @pytest.mark.parametrize("where", ["file", "command line"])
 def test_config_typo_names_the_key_and_the_closest_valid_one(tmp_path, capsys, where):
-    demo = yaml.safe_load((CONFIGS[0].parent / "demo.yaml").read_text())
+    demo = yaml.safe_load((CONFIG_DIR / "demo.yaml").read_text())
     if where == "file":
         demo["model"]["backbone_lrr"] = demo["model"].pop("backbone_lr")
         cfg = tmp_path / "typo.yaml"
         cfg.write_text(yaml.safe_dump(demo))
-        args = ["fit", "--config", str(cfg)]
+        args = ["fit", *composed(cfg)]
     else:
-        args = ["fit", "--config", str(CONFIGS[0].parent / "demo.yaml"), "--data.batch_sise", "4"]
+        args = ["fit", *composed(CONFIG_DIR / "demo.yaml"), "--data.batch_sise", "4"]
     assert run_main(args) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     typo, right = (
@@ -93,56 +100,56 @@ def test_config_typo_names_the_key_and_the_closest_valid_one(tmp_path, capsys, w
 
 
 # ------------------------------------------------------------------------------ configs
-def test_configs_exist():
-    names = {p.stem for p in CONFIGS}
-    assert names >= {
-        "demo", "cub200_hrn", "cub200_flat", "cub200_leaf", "aircraft_hrn", "cars_hrn",
-        "nabirds_hrn",
-    }  # fmt: skip
-
-
-@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_every_config_parses_with_print_config(config, capsys):
-    header = config.read_text().splitlines()[:3]
-    assert all(line.startswith("#") for line in header), "configs start with a header comment"
-    text = config.read_text()
-    assert "Time:" in text and ("Reproduces:" in text or "demo" in config.stem)
-    assert run_main(["fit", "--config", str(config), "--print_config"]) == 0
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_composes_with_the_base_config(recipe, capsys):
+    assert run_main(["fit", *composed(recipe), "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    own = yaml.safe_load(text)
-    for section in ("model", "data"):
+    own, base = yaml.safe_load(recipe.read_text()), yaml.safe_load(BASE.read_text())
+    for section in ("model", "data", "checkpoint"):  # the recipe's own settings survive
         for key, value in own[section].items():
             assert printed[section][key] == value, f"{section}.{key}"
-    assert printed["trainer"]["logger"]["class_path"] == "hmc.training.WandbLogger"
+    for key, value in base["checkpoint"].items():  # and so do the base's
+        assert printed["checkpoint"][key] == value, f"checkpoint.{key}"
+    logger = printed["trainer"]["logger"]  # the base's class, the recipe's run folder
+    assert logger["class_path"] == base["trainer"]["logger"]["class_path"]
+    assert logger["init_args"]["save_dir"] == own["trainer"]["logger"]["init_args"]["save_dir"]
+    callbacks = [c["class_path"] for c in printed["trainer"]["callbacks"]]
+    assert callbacks == [c["class_path"] for c in base["trainer"]["callbacks"]]
     assert "hierarchy" not in printed["model"]  # linked from data.hierarchy at instantiation
 
 
-def test_paper_configs_follow_the_recipe():
-    for name in ("cub200_hrn", "cub200_flat", "cub200_leaf", "aircraft_hrn", "cars_hrn"):
-        cfg = yaml.safe_load((CONFIGS[0].parent / f"{name}.yaml").read_text())
-        m, d, t = cfg["model"], cfg["data"], cfg["trainer"]
-        assert (m["backbone"], m["pretrained"], m["optimizer"]) == ("resnet50.tv_in1k", True, "sgd")
-        assert (m["lr"], m["backbone_lr"], m["momentum"], m["weight_decay"]) == (
-            0.002, 0.0002, 0.9, 5e-4,
-        )  # fmt: skip
-        assert (d["image_size"], d["batch_size"], d["preset"]) == (448, 8, "paper")
-        assert (t["max_epochs"], m["scheduler"]) == (200, "cosine")
-        callbacks = [c["class_path"] for c in t["callbacks"]]
-        assert callbacks[-1] == "pytorch_lightning.callbacks.RichProgressBar"
-    cub = yaml.safe_load((CONFIGS[0].parent / "cub200_hrn.yaml").read_text())
-    assert cub["data"]["hierarchy"] == "cub200-hrn" and cub["model"]["head"] == "hrn"
+def test_the_data_hierarchy_reaches_the_model(tmp_path):
+    """Instantiating a recipe (no training): the model is built on the data module's hierarchy."""
+    from hmc.cli import HMCLightningCLI
+    from hmc.hierarchy import load_hierarchy
+    from hmc.training import HMCDataModule, HMCModule
+
+    args = [
+        *composed(CONFIG_DIR / "cub200_hrn.yaml"), "--model.backbone", "test_resnet",
+        "--model.pretrained", "false", "--model.head_kwargs", "{hidden: 16, feature_dim: 8}",
+        "--data.root", str(tmp_path), "--trainer.logger", "false",
+    ]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["hmc"])
+        cli = HMCLightningCLI(HMCModule, HMCDataModule, args=args, run=False)
+    assert cli.model.hierarchy is cli.datamodule.hierarchy
+    assert cli.model.hierarchy.fingerprint() == load_hierarchy("cub200-hrn").fingerprint()
+    out = cli.model(torch.randn(2, 3, 32, 32))
+    assert out.node_scores.shape == (2, 13 + 38 + 200)  # order, family, species
 
 
 def test_overrides_reach_the_config(capsys):
     args = [
-        "fit", "--config", str(CONFIGS[0].parent / "cub200_hrn.yaml"), "--model.head", "flat",
-        "--data.relabel.ratio", "0.7", "--trainer.callbacks.refresh_rate", "0", "--print_config",
+        "fit", *composed(CONFIG_DIR / "cub200_hrn.yaml"), "--model.head", "flat",
+        "--data.relabel.ratio", "0.7", "--trainer.callbacks.refresh_rate", "0",
+        "--checkpoint.every_n_train_steps", "500", "--print_config",
     ]  # fmt: skip
     assert run_main(args) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["head"] == "flat"
     assert printed["data"]["relabel"]["ratio"] == 0.7
     assert printed["trainer"]["callbacks"][-1]["init_args"]["refresh_rate"] == 0
+    assert printed["checkpoint"]["every_n_train_steps"] == 500
 
 
 # ------------------------------------------------------------------------------ predict

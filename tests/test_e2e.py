@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 HMC = [sys.executable, "-m", "hmc.cli"]
 CLASSES = 10
 TRAIN_PER_CLASS, TEST_PER_CLASS = 8, 2  # val_fraction 0.25 -> 60 train, 20 val, 20 test
+BASE_CHECKPOINT = yaml.safe_load((REPO / "configs" / "base.yaml").read_text())["checkpoint"]
 
 
 def env() -> dict[str, str]:
@@ -81,11 +83,14 @@ def write_config(
     *,
     logger: str = "false",
     epochs: int = 2,
-    every_n_train_steps: int = 2,
+    checkpoint: dict | None = None,
     devices: int = 1,
     extra_callbacks: str = "",
 ) -> Path:
+    """A config with configs/base.yaml's checkpointing (updated by ``checkpoint``) in
+    ``run/checkpoints``, the results table and ``extra_callbacks``."""
     strategy = "ddp" if devices > 1 else "auto"
+    checkpoint = {**BASE_CHECKPOINT, "dirpath": str(run / "checkpoints"), **(checkpoint or {})}
     path.write_text(
         f"""\
 seed_everything: 0
@@ -101,11 +106,10 @@ trainer:
   num_sanity_val_steps: 0
   logger: {logger}
   callbacks:
-    - class_path: hmc.training.RunCheckpoint
-      init_args: {{save_last: true, save_top_k: 0, every_n_train_steps: {every_n_train_steps}}}
     - class_path: hmc.training.ResultsTable
       init_args: {{stages: [fit, validate, test]}}
 {extra_callbacks}
+checkpoint: {json.dumps(checkpoint)}
 model:
   backbone: test_resnet
   head: hrn
@@ -135,9 +139,9 @@ def csv_logger(save_dir: Path) -> str:
 
 
 WANDB_CALLBACKS = """\
-    - class_path: hmc.training.callbacks.PerLevelAccuracyPlot
-    - class_path: hmc.training.callbacks.LogHierarchy
-    - class_path: hmc.training.callbacks.LogSummary"""
+    - class_path: hmc.training.PerLevelAccuracyPlot
+    - class_path: hmc.training.LogHierarchy
+    - class_path: hmc.training.LogSummary"""
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +155,7 @@ def trained(tmp_path_factory, fmnist):
     work = tmp_path_factory.mktemp("fit")
     run = work / "run"
     logger = (
-        "{class_path: hmc.training.wandb.WandbLogger, "
+        "{class_path: hmc.training.WandbLogger, "
         f"init_args: {{save_dir: {run}, project: hmc-test, name: e2e}}}}"
     )
     cfg = write_config(
@@ -255,8 +259,9 @@ def read_step(path: Path, timeout: float = 30) -> int:
 def test_resume_after_sigkill_continues_from_the_saved_step(fmnist, tmp_path):
     run = tmp_path / "run"
     cfg = write_config(
-        tmp_path / "cfg.yaml", fmnist, run, logger=csv_logger(run), epochs=30, every_n_train_steps=2
-    )
+        tmp_path / "cfg.yaml", fmnist, run, logger=csv_logger(run), epochs=30,
+        checkpoint={"every_n_train_steps": 2},
+    )  # fmt: skip
     last = run / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(
         [*HMC, "fit", "--config", str(cfg)], cwd=tmp_path, env=env(),

@@ -92,19 +92,22 @@ def load_hierarchy_artifact(ref: str, root: str | os.PathLike | None = None) -> 
     if ":" not in ref.rsplit("/", 1)[-1]:
         ref += ":latest"
     run = wandb.run
+    hint = f"Download it elsewhere with `wandb artifact get {ref}` and pass the .tree file's path"
     try:
-        if run is not None and not getattr(run, "offline", False) and not _is_disabled(run):
+        if run is not None and run.offline:
+            raise HierarchyError(
+                f"cannot fetch W&B artifact {ref!r}: the W&B run is offline. {hint}"
+            )
+        if run is not None and not run.disabled:
             artifact = run.use_artifact(ref, type=HIERARCHY_ARTIFACT_TYPE)
-        else:
-            from hmc.training.wandb import has_wandb_credentials  # FIXME: imports Lightning
-
-            if not has_wandb_credentials():
-                raise HierarchyError(
-                    f"cannot fetch W&B artifact {ref!r}: no W&B API key (set WANDB_API_KEY or run "
-                    "`wandb login`). Offline, download it elsewhere with `wandb artifact get "
-                    f"{ref}` and pass the .tree file's path instead"
-                )
+        # login(prompt=False) finds a configured key without asking for one or going online.
+        elif wandb.login(prompt=False, verify=False):
             artifact = wandb.Api().artifact(ref, type=HIERARCHY_ARTIFACT_TYPE)
+        else:
+            raise HierarchyError(
+                f"cannot fetch W&B artifact {ref!r}: no W&B API key, or W&B is set to offline "
+                f"(set WANDB_API_KEY or run `wandb login`). {hint}"
+            )
     except wandb.errors.Error as err:
         raise HierarchyError(f"cannot fetch W&B artifact {ref!r}: {err}") from err
     if getattr(artifact, "type", HIERARCHY_ARTIFACT_TYPE) != HIERARCHY_ARTIFACT_TYPE:
@@ -129,8 +132,3 @@ def load_hierarchy_artifact(ref: str, root: str | os.PathLike | None = None) -> 
             f"metadata ({expected}); the file was changed after logging"
         )
     return hierarchy
-
-
-def _is_disabled(run: Any) -> bool:
-    settings = getattr(run, "settings", None)
-    return getattr(settings, "mode", None) == "disabled" or type(run).__name__ == "RunDisabled"

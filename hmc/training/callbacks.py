@@ -1,19 +1,11 @@
-"""Lightning callbacks: a per-level accuracy plot, and what hmc logs to Weights & Biases.
+"""Lightning callbacks that work with any logger or none.
 
-They read the :class:`hmc.training.HMCModule` contract: ``pl_module.hierarchy``,
-``pl_module.model`` (returns ``HeadOutput``), and after each val/test epoch
-``pl_module.last_metrics`` (``{"val/acc/<level>": float, ...}``) and
-``pl_module.last_confusions`` (level name -> ``[(true id, predicted id, count), ...]``).
-
-Every callback works with any logger or none: the W&B ones do nothing unless the trainer has
-a ``WandbLogger`` (Lightning's or :class:`hmc.training.wandb.WandbLogger`), on rank zero.
-
+- :class:`ResultsTable`: a per-level results table after validation/test, and its JSON file.
 - :class:`PerLevelAccuracyPlot`: ``per_level_accuracy.png`` + ``.csv`` in the run folder.
-- :class:`LogHierarchy`: the hierarchy as a W&B artifact; per-level accuracy panels by epoch.
-- :class:`LogConfusionMatrices`: per-level (true, predicted, count) tables, bounded.
-- :class:`LogPredictionSamples`: a table of fixed validation images with true/predicted paths.
-- :class:`LogSummary`: final metrics in the run summary at fit/test end.
 - :class:`LoggerSaveConfigCallback`: LightningCLI's resolved config to every logger.
+
+Checkpointing is Lightning's own ``ModelCheckpoint``: ``hmc fit`` configures it under the
+``checkpoint:`` key (``configs/base.yaml``). The W&B callbacks live in :mod:`hmc.training.wandb`.
 """
 
 from __future__ import annotations
@@ -22,47 +14,62 @@ import csv
 import json
 import logging
 import math
-import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.cli import SaveConfigCallback
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from hmc.hierarchy import Hierarchy
 
 __all__ = [
-    "LogConfusionMatrices",
-    "LogHierarchy",
-    "LogPredictionSamples",
-    "LogSummary",
+    "EvaluatedModule",
     "LoggerSaveConfigCallback",
+    "ModuleCallback",
     "PerLevelAccuracyPlot",
+    "ResultsTable",
+    "format_results",
     "run_dir",
-    "wandb_run",
 ]
 
 log = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------------------ helpers
-def wandb_run(trainer: pl.Trainer) -> Any | None:
-    """The W&B run of the trainer's first ``WandbLogger`` on rank zero, else None."""
-    if not trainer.is_global_zero:
-        return None
-    for logger in trainer.loggers:
-        if isinstance(logger, _LightningWandbLogger):
-            run = logger.experiment
-            return run if hasattr(run, "log") and hasattr(run, "summary") else None
-    return None
+# ---------------------------------------------------------------------------- contract
+@runtime_checkable
+class EvaluatedModule(Protocol):
+    """What hmc's callbacks read from the LightningModule; :class:`hmc.training.HMCModule` has it.
+
+    ``module(images)`` gives a ``HeadOutput`` and ``decode(output)`` a ``Decoded`` (nodes
+    [B, D], probs [B, D]). After each val/test epoch, ``last_metrics`` maps logged names to
+    floats (``"val/acc/<level>"``), ``last_stage`` is ``"val"``/``"test"`` and
+    ``last_confusions`` maps a level name to ``[(true id, predicted id, count), ...]``.
+    """
+
+    hierarchy: Hierarchy
+    last_metrics: dict[str, float]
+    last_confusions: dict[str, list[tuple[str, str, int]]]
+    last_stage: str | None
+
+    def decode(self, output: Any) -> Any: ...
 
 
-def _wandb_logger(trainer: pl.Trainer) -> _LightningWandbLogger | None:
-    return next((lg for lg in trainer.loggers if isinstance(lg, _LightningWandbLogger)), None)
+class ModuleCallback(Callback):
+    """A callback that reads :class:`EvaluatedModule`; ``setup`` says what a module lacks."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not isinstance(pl_module, EvaluatedModule):
+            names = ("hierarchy", "last_metrics", "last_confusions", "last_stage", "decode")
+            missing = [n for n in names if not hasattr(pl_module, n)]
+            raise TypeError(
+                f"{type(self).__name__} needs a LightningModule like hmc.training.HMCModule, "
+                f"but {type(pl_module).__name__} has no {', '.join(missing)}"
+            )
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
@@ -73,34 +80,101 @@ def run_dir(trainer: pl.Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
-def _scalars(metrics: Any) -> dict[str, float]:
-    out = {}
-    for key, value in dict(metrics or {}).items():
-        if torch.is_tensor(value):
-            if value.numel() != 1:
-                continue
-            value = value.item()
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[str(key)] = float(value)
-    return out
+# ------------------------------------------------------------------------ results table
+# Per-level columns of the results table: metric group -> header; values are shares (x100).
+_LEVEL_COLUMNS = (("acc", "acc %"), ("top5", "top-5 %"), ("ap", "AP %"), ("ece", "ECE %"))
+_SUMMARY = (
+    ("acc/mean", "mean level accuracy %", True),
+    ("fpa", "full-path accuracy %", True),
+    ("tice", "inconsistent paths (TICE) %", True),
+    ("hf1", "hierarchical F1 %", True),
+    ("mistake_severity", "mistake severity (levels)", False),
+    ("ahd@1", "avg. hierarchical distance @1", False),
+    ("loss", "loss", False),
+)
 
 
-def _stage_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-    """The module's ``last_metrics`` if it has them, else Lightning's callback metrics."""
-    last = getattr(pl_module, "last_metrics", None)
-    return _scalars(last) if last else _scalars(trainer.callback_metrics)
+def format_results(metrics: dict[str, float], hierarchy: Hierarchy, stage: str = "test") -> str:
+    """A plain-text table: one row per level (nodes, accuracy, top-5, AP, ECE) and the
+    path-level summary, from ``HMCModule.last_metrics``-style names (``"test/acc/species"``)."""
+    pre = f"{stage}/"
+
+    def cell(key: str, percent: bool) -> str:
+        v = metrics.get(pre + key)
+        if v is None:
+            return "-"
+        if math.isnan(v):
+            return "nan"
+        return f"{100 * v:.2f}" if percent else f"{v:.4f}"
+
+    sizes = hierarchy.level_sizes()
+    header = ["level", "nodes", *(h for _, h in _LEVEL_COLUMNS)]
+    rows = [
+        [name, str(sizes[name]), *(cell(f"{g}/{name}", True) for g, _ in _LEVEL_COLUMNS)]
+        for name in hierarchy.level_names
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join
+
+    def fmt(r: list[str]) -> str:
+        return line(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+
+    out = [f"{stage} results per level", fmt(header), line("-" * w for w in widths)]
+    out += [fmt(r) for r in rows]
+    summary = [(label, cell(key, pct)) for key, label, pct in _SUMMARY if pre + key in metrics]
+    if summary:
+        width = max(len(label) for label, _ in summary)
+        out.append("")
+        out += [f"{label.ljust(width)}  {value}" for label, value in summary]
+    return "\n".join(out)
 
 
-def _level_names(pl_module: pl.LightningModule, keys: Any, prefix: str) -> list[str]:
-    hierarchy = getattr(pl_module, "hierarchy", None)
-    if hierarchy is not None:
-        return list(hierarchy.level_names)
-    names = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
-    return [n for n in names if "/" not in n and n != "mean"]
+class ResultsTable(ModuleCallback):
+    """Print a per-level results table after validation/test (rank zero) and write the
+    metrics to ``<default_root_dir>/<stage>_metrics.json``.
+
+    Args:
+        stages: which evaluations to report: ``"test"``, ``"validate"`` (``hmc validate``)
+            and/or ``"fit"`` (after the last validation of training).
+    """
+
+    def __init__(self, stages: list[str] | None = None) -> None:
+        self.stages = list(stages or ["test", "validate"])
+        for s in self.stages:
+            if s not in ("test", "validate", "fit"):
+                raise ValueError(
+                    f"Expected argument `stages` to hold 'test', 'validate' or 'fit', but got {s!r}"
+                )
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: EvaluatedModule) -> None:
+        if "test" in self.stages:
+            self._report(trainer, pl_module, "test")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: EvaluatedModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING and "validate" in self.stages:
+            self._report(trainer, pl_module, "val")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: EvaluatedModule) -> None:
+        if "fit" in self.stages and pl_module.last_stage == "val":
+            self._report(trainer, pl_module, "val")
+
+    @rank_zero_only
+    def _report(self, trainer: pl.Trainer, pl_module: EvaluatedModule, stage: str) -> None:
+        metrics = dict(pl_module.last_metrics)
+        if not metrics:
+            return
+        print("\n" + format_results(metrics, pl_module.hierarchy, stage), flush=True)
+        path = Path(trainer.default_root_dir) / f"{stage}_metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step}
+        path.write_text(json.dumps({**record, "metrics": metrics}, indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------- accuracy plot
-class PerLevelAccuracyPlot(Callback):
+class PerLevelAccuracyPlot(ModuleCallback):
     """After each validation epoch of ``fit``, record the per-level accuracies
     (``<stage>/acc/<level>`` and ``<stage>/acc/mean``) and rewrite ``<filename>.png`` (one line
     per level, Agg backend) and ``<filename>.csv`` (epoch, step, one column per level) in
@@ -130,20 +204,20 @@ class PerLevelAccuracyPlot(Callback):
     def _folder(self, trainer: pl.Trainer) -> Path:
         return Path(self.dirpath) if self.dirpath else run_dir(trainer)
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: EvaluatedModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         folder = self._folder(trainer)
         if not trainer.is_global_zero:
             return
-        metrics = _stage_metrics(trainer, pl_module)
         prefix = f"{self.stage}/acc/"
-        levels = _level_names(pl_module, metrics, prefix) + ["mean"]
+        metrics = pl_module.last_metrics
+        levels = [*pl_module.hierarchy.level_names, "mean"]
         acc = {n: metrics[prefix + n] for n in levels if prefix + n in metrics}
         if not acc:
             log.debug("PerLevelAccuracyPlot: no %s* metrics this epoch", prefix)
             return
-        self.columns = [n for n in levels if n in acc]
+        self.columns = list(acc)
         row = {"epoch": float(trainer.current_epoch), "step": float(trainer.global_step), **acc}
         if self.rows and self.rows[-1]["step"] == row["step"]:
             self.rows[-1] = row  # validated twice at one step (e.g. resumed run)
@@ -156,9 +230,9 @@ class PerLevelAccuracyPlot(Callback):
         if not trainer.is_global_zero or not self.rows:
             return
         png = self.write(folder)
-        logger = _wandb_logger(trainer)
-        if self.log_image and wandb_run(trainer) is not None and logger is not None:
-            logger.log_image(
+        wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        if self.log_image and wandb is not None:
+            wandb.log_image(
                 f"{self.stage}/per_level_accuracy", [str(png)], step=trainer.global_step
             )
 
@@ -214,291 +288,6 @@ def _plot(rows: list[dict[str, float]], columns: list[str], path: Path, title: s
     fig.savefig(path)
 
 
-# ------------------------------------------------------------------------- W&B callbacks
-class LogHierarchy(Callback):
-    """Log ``pl_module.hierarchy`` as a W&B artifact of type ``"hierarchy"`` (once, at the
-    first setup), record its name/fingerprint/level sizes in the run config, and plot
-    ``<stage>/acc/<level>`` against ``epoch`` in the W&B workspace.
-
-    Args:
-        name: artifact name; default ``<hierarchy name>-<fingerprint[:8]>``.
-        define_metrics: declare the per-level accuracy panels (``wandb.define_metric``).
-    """
-
-    def __init__(self, name: str | None = None, define_metrics: bool = True) -> None:
-        self.name = name
-        self.define_metrics = define_metrics
-        self.artifact: Any = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        run = wandb_run(trainer)
-        hierarchy = getattr(pl_module, "hierarchy", None)
-        if run is None or hierarchy is None or self.artifact is not None:
-            return
-        from hmc.training.artifacts import log_hierarchy_artifact
-
-        self.artifact = log_hierarchy_artifact(run, hierarchy, self.name)
-        run.config.update(
-            {
-                "hierarchy_info": {
-                    "name": hierarchy.metadata.get("name"),
-                    "fingerprint": hierarchy.fingerprint(),
-                    "level_sizes": hierarchy.level_sizes(),
-                    "artifact": self.artifact.name,
-                }
-            },
-            allow_val_change=True,
-        )
-        if self.define_metrics:
-            run.define_metric("epoch")
-            for st in ("val", "test"):
-                for level in [*hierarchy.level_names, "mean"]:
-                    run.define_metric(f"{st}/acc/{level}", step_metric="epoch")
-
-
-class LogConfusionMatrices(Callback):
-    """After each validation (not sanity check) and test epoch, log
-    ``pl_module.last_confusions`` per level as a W&B table ``<stage>/confusion/<level>`` with
-    columns (true, predicted, count), largest counts first, at most ``max_rows`` rows. Levels
-    with at most ``max_matrix_classes`` nodes also get a full confusion-matrix chart
-    ``<stage>/confusion_matrix/<level>`` (zeros included). Big trees stay bounded: the rows
-    come from the metric's own top-k and are cut again here.
-    """
-
-    def __init__(
-        self, max_rows: int = 1000, max_matrix_classes: int = 30, every_n_epochs: int = 1
-    ) -> None:
-        if max_rows < 1 or max_matrix_classes < 0 or every_n_epochs < 1:
-            raise ValueError(
-                "Expected `max_rows` >= 1, `max_matrix_classes` >= 0 and `every_n_epochs` >= 1, "
-                f"but got {max_rows}, {max_matrix_classes}, {every_n_epochs}"
-            )
-        self.max_rows = max_rows
-        self.max_matrix_classes = max_matrix_classes
-        self.every_n_epochs = every_n_epochs
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0:
-            self._log(trainer, pl_module, "val")
-
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log(trainer, pl_module, "test")
-
-    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        run = wandb_run(trainer)
-        confusions = getattr(pl_module, "last_confusions", None)
-        if run is None or not confusions:
-            return
-        import wandb
-
-        hierarchy = getattr(pl_module, "hierarchy", None)
-
-        def label(node: Any) -> str:
-            return hierarchy.name(node) if hierarchy is not None else str(node)
-
-        payload: dict[str, Any] = {}
-        for level, rows in confusions.items():
-            rows = sorted(((t, p, int(c)) for t, p, c in rows), key=lambda r: -r[2])
-            table = wandb.Table(
-                columns=["true", "predicted", "count"],
-                data=[[label(t), label(p), c] for t, p, c in rows[: self.max_rows]],
-            )
-            payload[f"{stage}/confusion/{level}"] = table
-            if hierarchy is not None and level in hierarchy.level_names:
-                nodes = hierarchy.level_nodes(level)
-                if 0 < len(nodes) <= self.max_matrix_classes:
-                    payload[f"{stage}/confusion_matrix/{level}"] = _matrix_chart(
-                        hierarchy, nodes, rows, title=f"{stage} confusion: {level}"
-                    )
-        if payload:
-            _wandb_logger(trainer).log_metrics(payload, step=trainer.global_step)
-
-
-def _matrix_chart(hierarchy: Any, nodes: tuple[str, ...], rows: list, title: str) -> Any:
-    """wandb.plot.confusion_matrix's chart, built from counts instead of per-sample labels."""
-    import wandb
-
-    names = [hierarchy.name(n) for n in nodes]
-    labels = names if len(set(names)) == len(names) else list(nodes)  # ids if names collide
-    index = {n: i for i, n in enumerate(nodes)}
-    counts = torch.zeros(len(nodes), len(nodes), dtype=torch.long)
-    for t, p, c in rows:
-        if t in index and p in index:
-            counts[index[t], index[p]] += c
-    data = [
-        [labels[i], labels[j], int(counts[i, j])]
-        for i in range(len(nodes))
-        for j in range(len(nodes))
-    ]
-    table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=data)
-    fields = {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"}
-    return wandb.plot_table(
-        "wandb/confusion_matrix/v1", table, fields, string_fields={"title": title}
-    )
-
-
-class LogPredictionSamples(Callback):
-    """At the end of validation, predict a fixed set of ``num_samples`` validation images
-    (evenly spaced over the dataset, taken once) in eval mode without gradients, decode them
-    with the module's decoder, and log a W&B table ``key`` with the image, the true path and the
-    predicted path with per-level probabilities ("Birds (0.98) > Gulls (0.71)").
-    """
-
-    def __init__(self, num_samples: int = 16, every_n_epochs: int = 1, key: str = "val/samples"):
-        if num_samples < 1 or every_n_epochs < 1:
-            raise ValueError(
-                "Expected `num_samples` >= 1 and `every_n_epochs` >= 1, but got "
-                f"{num_samples} and {every_n_epochs}"
-            )
-        self.num_samples = num_samples
-        self.every_n_epochs = every_n_epochs
-        self.key = key
-        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._images: list[Any] | None = None
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
-            return
-        run = wandb_run(trainer)
-        hierarchy = getattr(pl_module, "hierarchy", None)
-        if run is None or hierarchy is None:
-            return
-        if self._batch is None:
-            self._batch = _fixed_batch(trainer.val_dataloaders, self.num_samples)
-            if self._batch is None:
-                warnings.warn(
-                    "LogPredictionSamples: the val dataloader does not yield (images, targets) "
-                    "tensor batches; no sample table is logged",
-                    stacklevel=2,
-                )
-                self._batch = (torch.empty(0), torch.empty(0))
-        images, targets = self._batch
-        if images.numel() == 0:
-            return
-        decoded = _predict(pl_module, images)
-        import wandb
-
-        if self._images is None:
-            self._images = [wandb.Image(a) for a in _to_uint8(images)]
-        nodes, probs = decoded.nodes.cpu(), decoded.probs.float().cpu()
-        levels = hierarchy.tensors().levels
-        true_level = levels[targets.clamp_min(0)] - 1  # [B] 0-based level of each target
-        hit = (nodes.gather(1, true_level[:, None]).squeeze(1) == targets) & (targets >= 0)
-        rows = []
-        for image, t, path_cols, path_probs, ok in zip(
-            self._images,
-            targets.tolist(),
-            nodes.tolist(),
-            probs.tolist(),
-            hit.tolist(),
-            strict=True,
-        ):
-            true = " > ".join(hierarchy.name(n) for n in hierarchy.ancestors(t)) if t >= 0 else ""
-            predicted = " > ".join(
-                f"{hierarchy.name(c)} ({p:.2f})"
-                for c, p in zip(path_cols, path_probs, strict=True)
-                if c >= 0
-            )
-            rows.append([image, true, predicted, ok])
-        table = wandb.Table(columns=["image", "true", "predicted", "correct"], data=rows)
-        _wandb_logger(trainer).log_metrics({self.key: table}, step=trainer.global_step)
-
-
-def _fixed_batch(loaders: Any, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``n`` (image, target) samples of the first loader on CPU: evenly spaced over a map-style
-    dataset (so a class-sorted dataset still shows several classes), else the first batches."""
-    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-    if isinstance(loaders, dict):
-        loader = next(iter(loaders.values()), None)
-    if loader is None:
-        return None
-    dataset = getattr(loader, "dataset", None)
-    collate = getattr(loader, "collate_fn", None) or torch.utils.data.default_collate
-    batch: Any = None
-    if (
-        dataset is not None
-        and not isinstance(dataset, torch.utils.data.IterableDataset)
-        and hasattr(dataset, "__len__")
-        and len(dataset) > 0
-    ):
-        idx = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().long().unique()
-        batch = collate([dataset[int(i)] for i in idx])
-    else:
-        parts = []
-        for b in loader:
-            parts.append(b)
-            if sum(len(p[1]) for p in parts) >= n:
-                break
-        if parts and all(isinstance(p, (tuple, list)) and len(p) >= 2 for p in parts):
-            batch = [torch.cat([p[0] for p in parts])[:n], torch.cat([p[1] for p in parts])[:n]]
-    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-        return None
-    images, targets = batch[0], batch[1]
-    if not (torch.is_tensor(images) and torch.is_tensor(targets) and images.ndim == 4):
-        return None
-    return images.cpu(), targets.long().cpu()
-
-
-@torch.no_grad()
-def _predict(pl_module: pl.LightningModule, images: torch.Tensor) -> Any:
-    """Decoded (nodes [B, D], probs [B, D], node_probs [B, N]) for ``images``, in eval mode."""
-    was_training = pl_module.training
-    pl_module.eval()
-    try:
-        model = getattr(pl_module, "model", pl_module)
-        out = model(images.to(pl_module.device))
-        scores = getattr(out, "node_scores", out)
-        decode = getattr(pl_module, "decode", None) or getattr(pl_module, "_decode", None)
-        if decode is not None:
-            return decode(scores)
-        from hmc.decoding import decode as hmc_decode
-
-        kind = getattr(getattr(model, "head", None), "score_kind", "states")
-        return hmc_decode(pl_module.hierarchy, scores.float(), "argmax", kind=kind)
-    finally:
-        pl_module.train(was_training)
-
-
-def _to_uint8(images: torch.Tensor) -> list[Any]:
-    """[B, C, H, W] normalised floats -> B uint8 arrays [H, W, C] (or [H, W]), each stretched
-    to its own min..max since the normalisation is not known here."""
-    x = images.float()
-    lo = x.amin(dim=(1, 2, 3), keepdim=True)
-    hi = x.amax(dim=(1, 2, 3), keepdim=True)
-    x = ((x - lo) / (hi - lo).clamp_min(1e-8) * 255).round().to(torch.uint8)
-    x = x.permute(0, 2, 3, 1)
-    if x.shape[-1] == 1:
-        x = x[..., 0]
-    return list(x.numpy())
-
-
-class LogSummary(Callback):
-    """At fit end and test end, write the final metrics to the W&B run summary: the module's
-    ``last_metrics`` and Lightning's callback metrics (floats), plus ``best/<monitor>`` and
-    ``best/checkpoint`` from the checkpoint callback and ``epochs`` trained."""
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._update(trainer, pl_module)
-
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._update(trainer, pl_module)
-
-    def _update(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        run = wandb_run(trainer)
-        if run is None:
-            return
-        values: dict[str, Any] = _scalars(trainer.callback_metrics)
-        values.update(_scalars(getattr(pl_module, "last_metrics", None)))
-        if trainer.state.fn == TrainerFn.FITTING:
-            values["epochs"] = trainer.current_epoch
-            ckpt = trainer.checkpoint_callback
-            score = getattr(ckpt, "best_model_score", None)
-            if score is not None and getattr(ckpt, "monitor", None):
-                values[f"best/{ckpt.monitor}"] = float(score)
-                values["best/checkpoint"] = str(ckpt.best_model_path)
-        run.summary.update(values)
-
-
 # ------------------------------------------------------------------------- resolved config
 class LoggerSaveConfigCallback(SaveConfigCallback):
     """LightningCLI's ``SaveConfigCallback`` that also sends the resolved config (every
@@ -515,9 +304,8 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         config.pop("config", None)  # the paths of the --config files
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
-        run = wandb_run(trainer)
-        if run is not None and getattr(run, "dir", None):
-            path = os.path.join(run.dir, "lightning_config.yaml")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                self.parser.save(self.config, path, skip_none=False, overwrite=True)
+            if isinstance(logger, WandbLogger):  # save_config runs on rank zero only
+                path = Path(logger.experiment.dir) / "lightning_config.yaml"
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self.parser.save(self.config, path, skip_none=False, overwrite=True)

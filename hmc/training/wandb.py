@@ -1,199 +1,64 @@
-"""Weights & Biases: a ``WandbLogger`` that goes offline by itself, and hierarchy artifacts.
+"""Weights & Biases: a ``WandbLogger`` that goes offline by itself, and what hmc logs to it.
 
-- :class:`WandbLogger` is Lightning's ``WandbLogger`` (same arguments, YAML-configurable) that
-  decides the W&B mode before ``wandb.init``: an explicit ``offline``/``mode``/``WANDB_MODE``
-  wins; otherwise it runs online only if an API key is configured (``WANDB_API_KEY``,
-  ``~/.netrc``, W&B settings files; checked without any network call) and the W&B host
-  answers. Falling back to offline says so once, and ``finalize`` prints the
-  ``wandb sync <run dir>`` command that uploads the run later.
-- Hierarchy artifacts live in :mod:`hmc.training.artifacts` (no Lightning import).
-- :func:`read_run_records` reads a run's ``.wandb`` transaction log (to inspect an offline run).
+- :class:`WandbLogger`: Lightning's logger that never prompts for a key and falls back to an
+  offline run (said once) when W&B has no API key or ``wandb.init`` cannot reach the server.
+- :class:`LogHierarchy`: the hierarchy as a W&B artifact; per-level accuracy panels by epoch.
+- :class:`LogConfusionMatrices`: per-level (true, predicted, count) tables, bounded.
+- :class:`LogPredictionSamples`: a table of fixed validation images with true/predicted paths.
+- :class:`LogSummary`: final metrics in the run summary at fit/test end.
+
+The callbacks read :class:`~hmc.training.callbacks.EvaluatedModule` and do nothing unless the
+trainer has a W&B logger (Lightning's or this one), on rank zero. Hierarchy artifacts are in
+:mod:`hmc.training.artifacts` (no Lightning import).
 """
 
 from __future__ import annotations
 
-import configparser
 import logging
-import netrc
 import os
-import socket
-import struct
-import threading
-from collections.abc import Iterator
-from pathlib import Path
+import warnings
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
+import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
+from hmc.hierarchy import Hierarchy
+from hmc.training.artifacts import log_hierarchy_artifact
+from hmc.training.callbacks import EvaluatedModule, ModuleCallback
+
 __all__ = [
+    "LogConfusionMatrices",
+    "LogHierarchy",
+    "LogPredictionSamples",
+    "LogSummary",
     "WandbLogger",
-    "has_wandb_credentials",
-    "read_run_records",
-    "resolve_wandb_mode",
+    "wandb_logger",
 ]
 
 log = logging.getLogger(__name__)
 
-# wandb >= 0.24 defaults to the CoreWeave Forge URL, which fronts api.wandb.ai; a key saved by
-# `wandb login` may sit under either host in ~/.netrc.
-_SAAS_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
-_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
-_AUTO_ONLINE = "an API key is configured"  # the reason when online was not asked for explicitly
-
-
-# --------------------------------------------------------------------------- mode decision
-def _wandb_base_url(settings: dict[str, str]) -> str:
-    url = os.environ.get("WANDB_BASE_URL") or settings.get("base_url")
-    if url:
-        return url.rstrip("/")
-    try:
-        from wandb.sdk.lib.urls import DEFAULT_BASE_URL
-
-        return DEFAULT_BASE_URL
-    except ImportError:  # older wandb
-        return "https://api.wandb.ai"
-
-
-def _settings_files(root_dir: str | os.PathLike | None) -> list[Path]:
-    """W&B's global then workspace settings files (later ones win), as wandb reads them."""
-    config_dir = os.environ.get("WANDB_CONFIG_DIR")
-    global_file = (
-        Path(config_dir).expanduser() / "settings"
-        if config_dir
-        else Path("~/.config/wandb/settings").expanduser()
-    )
-    root = root_dir or os.environ.get("WANDB_DIR") or os.getcwd()
-    return [global_file, Path(root).expanduser() / "wandb" / "settings"]
-
-
-def _read_settings(root_dir: str | os.PathLike | None) -> dict[str, str]:
-    """Keys of the ``[default]`` section of W&B's settings files, with their source file."""
-    out: dict[str, str] = {}
-    for path in _settings_files(root_dir):
-        parser = configparser.ConfigParser()
-        try:
-            parser.read(path, encoding="utf-8")
-        except (configparser.Error, OSError, UnicodeDecodeError):
-            continue
-        if parser.has_section("default"):
-            for key, value in parser.items("default"):
-                out[key] = value
-                out[f"{key}.source"] = str(path)
-    return out
-
-
-def has_wandb_credentials(root_dir: str | os.PathLike | None = None) -> bool:
-    """True if W&B would find an API key: ``WANDB_API_KEY`` (or an identity token file), an
-    ``api_key`` in W&B's settings files, or a ``~/.netrc`` (``$NETRC``) entry for the W&B host.
-    Makes no network call and does not check that the key is valid."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    settings = _read_settings(root_dir)
-    if settings.get("api_key"):
-        return True
-    url = urlsplit(_wandb_base_url(settings))
-    hosts = {url.netloc, url.hostname or ""}
-    if (url.hostname or "") in _SAAS_HOSTS or (url.hostname or "").endswith("forge.coreweave.com"):
-        hosts.update(_SAAS_HOSTS)
-    path = os.environ.get("NETRC")
-    candidates = [Path(path).expanduser()] if path else []
-    candidates += [Path("~/.netrc").expanduser(), Path("~/_netrc").expanduser()]
-    for candidate in candidates:
-        if not candidate.is_file():
-            continue
-        try:
-            entries = netrc.netrc(candidate)
-        except (netrc.NetrcParseError, OSError):
-            return False
-        return any((entries.authenticators(h) or (None, None, None))[2] for h in hosts if h)
-    return False
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the W&B host opens within ``timeout`` seconds, DNS lookup
-    included (no request is sent). Behind a proxy we cannot tell cheaply, so we assume yes and
-    let ``wandb.init`` decide."""
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    parts = urlsplit(url)
-    if not parts.hostname:
-        return False
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((parts.hostname, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    # getaddrinfo ignores the socket timeout; a daemon thread bounds a hanging DNS lookup.
-    thread = threading.Thread(target=probe, name="hmc-wandb-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
-def resolve_wandb_mode(
-    offline: bool = False,
-    mode: str | None = None,
-    *,
-    root_dir: str | os.PathLike | None = None,
-    network_check: bool = True,
-) -> tuple[str, str]:
-    """Decide the W&B mode before ``wandb.init``. Returns ``(mode, reason)``.
-
-    Precedence: ``offline=True``, then ``mode``, then ``$WANDB_MODE``, then ``mode`` in W&B's
-    settings files (``wandb offline``); an explicit choice is never overridden. Otherwise the
-    run is ``"offline"`` when no API key is configured or (``network_check``) the W&B host
-    cannot be reached, else ``"online"``.
-    """
-    settings = _read_settings(root_dir)
-    explicit: list[tuple[str | None, str]] = [
-        ("offline" if offline else None, "offline=True was given"),
-        (mode, f"mode={mode!r} was given"),
-        (os.environ.get("WANDB_MODE") or None, f"WANDB_MODE={os.environ.get('WANDB_MODE')}"),
-        (
-            settings.get("mode") or None,
-            f"mode = {settings.get('mode')} in {settings.get('mode.source')}",
-        ),
-    ]
-    for value, reason in explicit:
-        if value is None:
-            continue
-        value = value.strip().lower()
-        if value not in _MODES:
-            raise ValueError(f"Expected W&B mode to be one of {list(_MODES)}, but got {value!r}")
-        value = {"dryrun": "offline", "run": "online"}.get(value, value)
-        return value, reason
-    if not has_wandb_credentials(root_dir):
-        return "offline", "no W&B API key found (WANDB_API_KEY, ~/.netrc or `wandb login`)"
-    base_url = _wandb_base_url(settings)
-    if network_check and not _reachable(base_url):
-        return "offline", f"cannot reach {base_url}"
-    return "online", _AUTO_ONLINE
-
 
 # ---------------------------------------------------------------------------------- logger
 class WandbLogger(_LightningWandbLogger):
-    """Lightning's ``WandbLogger`` that falls back to offline mode by itself.
+    """Lightning's ``WandbLogger`` that never prompts and falls back to offline by itself.
 
     Arguments are those of ``pytorch_lightning.loggers.WandbLogger`` (other keyword arguments
     go to ``wandb.init``), plus:
 
     Args:
-        mode: ``"online"``, ``"offline"`` or ``"disabled"``; default: decided by
-            :func:`resolve_wandb_mode` when the run starts.
-        network_check: Before going online, check that the W&B host accepts a TCP connection
-            (a few seconds at most), so a machine without network goes offline at once.
+        mode: ``"online"``, ``"offline"`` or ``"disabled"``, as given to ``wandb.init``.
+            Default: online when W&B has an API key (``wandb.login(prompt=False)``), else
+            offline; ``offline=True`` and ``$WANDB_MODE`` are honoured as given.
+        init_timeout: seconds ``wandb.init`` may take to reach the server before the run
+            falls back to offline (``wandb.Settings(init_timeout=...)``).
 
-    With no API key or no network the run is logged offline under
-    ``<save_dir>/wandb/offline-run-*``: one log line says so, checkpoints are not uploaded
-    (``log_model`` is switched off), and :meth:`finalize` prints ``wandb sync <run dir>``.
+    An offline run is logged under ``<save_dir>/wandb/offline-run-*``: one warning says why,
+    checkpoints are not uploaded (``log_model`` is switched off), and :meth:`finalize` prints
+    the ``wandb sync <run dir>`` command that uploads it later.
     """
 
     def __init__(
@@ -211,11 +76,11 @@ class WandbLogger(_LightningWandbLogger):
         prefix: str = "",
         checkpoint_name: str | None = None,
         add_file_policy: Literal["mutable", "immutable"] = "mutable",
-        mode: str | None = None,
-        network_check: bool = True,
+        mode: Literal["online", "offline", "disabled"] | None = None,
+        init_timeout: float = 30.0,
         **kwargs: Any,
     ) -> None:
-        # Offline handling is ours: Lightning would refuse offline + log_model and set the
+        # Offline is decided here: Lightning would refuse offline + log_model and set the
         # deprecated WANDB_MODE=dryrun for the whole process.
         super().__init__(
             name=name,
@@ -233,11 +98,10 @@ class WandbLogger(_LightningWandbLogger):
             add_file_policy=add_file_policy,
             **kwargs,
         )
-        self._requested_offline = offline
-        self._requested_mode = mode
-        self._network_check = network_check
+        self._mode = "offline" if offline else mode
+        self._mode_reason = "offline=True was given" if offline else f"mode={mode!r} was given"
+        self._init_timeout = init_timeout
         self._offline_reason: str | None = None
-        self._dropped_log_model = False
         self._sync_hint_printed = False
 
     @property
@@ -248,50 +112,48 @@ class WandbLogger(_LightningWandbLogger):
 
         if self._experiment is not None or wandb.run is not None:
             return super().experiment
-        mode, reason = resolve_wandb_mode(
-            self._requested_offline,
-            self._requested_mode,
-            root_dir=self._save_dir,
-            network_check=self._network_check,
-        )
-        explicit_online = mode == "online" and reason != _AUTO_ONLINE
-        self._set_mode(mode, reason)
-        if self._wandb_init.get("resume") is None:
-            self._wandb_init["resume"] = "allow"  # Lightning's default; LightningCLI passes None
-        if self._wandb_init.get("anonymous") is None:
-            self._wandb_init.pop("anonymous", None)  # wandb >= 0.2x warns about any value
+        init = self._wandb_init
+        env = os.environ.get("WANDB_MODE")
+        reason = f"WANDB_MODE={env}" if env else "wandb chose offline mode"
+        # Chosen by us only when nobody chose: then a failing online start may go offline.
+        auto = self._mode is None and not env
+        if self._mode is not None:
+            init["mode"] = self._mode
+            reason = self._mode_reason
+        elif auto and not wandb.login(prompt=False, verify=False):  # no key: no prompt either
+            init["mode"] = "offline"
+            reason = "no W&B API key (set WANDB_API_KEY or run `wandb login`)"
+        init["resume"] = init.get("resume") or "allow"  # LightningCLI passes None
+        if init.get("anonymous") is None:
+            init.pop("anonymous", None)  # wandb >= 0.2x warns about any value
+        if init.get("settings") is None:  # LightningCLI passes every wandb.init argument
+            init["settings"] = wandb.Settings(init_timeout=self._init_timeout)
         if self._save_dir:
             os.makedirs(self._save_dir, exist_ok=True)
         try:
             run = super().experiment
         except (wandb.errors.Error, OSError, TimeoutError) as err:
-            if mode != "online" or explicit_online:
+            if not auto or init.get("mode") == "offline":
                 raise
             self._experiment = None
-            self._set_mode("offline", f"wandb.init failed ({type(err).__name__}: {err})")
+            init["mode"] = "offline"
+            reason = f"wandb.init failed ({type(err).__name__}: {err})"
             run = super().experiment
-        if getattr(run, "offline", False):
-            if self._offline_reason is None:  # wandb chose offline itself
-                self._set_mode("offline", "wandb chose offline mode")
-            extra = " (checkpoints stay local)" if self._dropped_log_model else ""
+        if run.offline:
+            self._offline_reason = reason
+            # Checkpoints cannot be uploaded: do not copy them into the offline run either.
+            dropped, self._log_model = bool(self._log_model), False
             sync_dir = os.path.abspath(run.sync_dir)
             log.warning(
                 "W&B offline: %s. Logging to %s%s; upload later with `wandb sync %s`",
-                self._offline_reason,
+                reason,
                 sync_dir,
-                extra,
+                " (checkpoints stay local)" if dropped else "",
                 sync_dir,
             )
         # Set only now: Lightning's getter would export the deprecated WANDB_MODE=dryrun.
-        self._offline = bool(getattr(run, "offline", False))
+        self._offline = bool(run.offline)
         return run
-
-    def _set_mode(self, mode: str, reason: str) -> None:
-        self._wandb_init["mode"] = mode
-        self._offline_reason = reason if mode == "offline" else None
-        if mode == "offline" and self._log_model:
-            self._log_model = False  # checkpoints cannot be uploaded; do not copy them either
-            self._dropped_log_model = True
 
     @property
     def offline_reason(self) -> str | None:
@@ -302,9 +164,9 @@ class WandbLogger(_LightningWandbLogger):
     def finalize(self, status: str) -> None:
         super().finalize(status)
         run = self._experiment
-        if run is None or self._sync_hint_printed or not getattr(run, "offline", False):
+        if run is None or self._sync_hint_printed or not run.offline:
             return
-        self._sync_hint_printed = True
+        self._sync_hint_printed = True  # fit then test: one hint per run
         log.warning(
             "W&B run %s was logged offline; upload it with: wandb sync %s",
             run.id,
@@ -312,47 +174,259 @@ class WandbLogger(_LightningWandbLogger):
         )
 
 
-# --------------------------------------------------------------------------- offline runs
-_LOG_HEADER = b":W&B"
-_BLOCK = 32 * 1024
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+def wandb_logger(trainer: pl.Trainer) -> _LightningWandbLogger | None:
+    """The trainer's first W&B logger (Lightning's or :class:`WandbLogger`) on rank zero."""
+    if not trainer.is_global_zero:
+        return None
+    return next((lg for lg in trainer.loggers if isinstance(lg, _LightningWandbLogger)), None)
 
 
-def read_run_records(path: str | os.PathLike) -> Iterator[Any]:
-    """The protobuf ``Record``s of a run's ``.wandb`` transaction log (``path``: the file or
-    the run folder, e.g. ``wandb/offline-run-*``). For inspecting what ``wandb sync`` would
-    upload; records are written in batches, so finish the run first for a complete log.
+# ------------------------------------------------------------------------------- callbacks
+class LogHierarchy(ModuleCallback):
+    """Log ``pl_module.hierarchy`` as a W&B artifact of type ``"hierarchy"`` (once, at the
+    first setup), record its name/fingerprint/level sizes in the run config, and plot
+    ``<stage>/acc/<level>`` against ``epoch`` in the W&B workspace.
 
-    The file is a leveldb-style log: a 7-byte header, then 32 KiB blocks of records, each with
-    a 7-byte header (crc32 4, length 2, type 1) and chunks split across blocks.
+    Args:
+        name: artifact name; default ``<hierarchy name>-<fingerprint[:8]>``.
+        define_metrics: declare the per-level accuracy panels (``wandb.define_metric``).
     """
-    from wandb.proto import wandb_internal_pb2
 
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.wandb"))
-        if len(files) != 1:
-            raise FileNotFoundError(f"{path}: expected one .wandb file, found {len(files)}")
-        path = files[0]
-    data = path.read_bytes()
-    if data[:4] != _LOG_HEADER:
-        raise ValueError(f"{path}: not a W&B transaction log (header {data[:7]!r})")
-    pos, chunks = 7, b""
-    while pos + 7 <= len(data):
-        left = _BLOCK - pos % _BLOCK
-        if left < 7:  # block trailer padding
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        pos += 7
-        if kind == 0 or pos + length > len(data):  # zero fill or a torn last record
-            break
-        payload, pos = data[pos : pos + length], pos + length
-        if kind in (_FULL, _FIRST):
-            chunks = payload
-        else:
-            chunks += payload
-        if kind in (_FULL, _LAST):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(chunks)
-            yield record
+    def __init__(self, name: str | None = None, define_metrics: bool = True) -> None:
+        self.name = name
+        self.define_metrics = define_metrics
+        self.artifact: Any = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: EvaluatedModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        logger = wandb_logger(trainer)
+        if logger is None or self.artifact is not None:
+            return
+        run, hierarchy = logger.experiment, pl_module.hierarchy
+        self.artifact = log_hierarchy_artifact(run, hierarchy, self.name)
+        info = {
+            "name": hierarchy.metadata.get("name"),
+            "fingerprint": hierarchy.fingerprint(),
+            "level_sizes": hierarchy.level_sizes(),
+            "artifact": self.artifact.name,
+        }
+        run.config.update({"hierarchy_info": info}, allow_val_change=True)
+        if self.define_metrics:
+            run.define_metric("epoch")
+            for st in ("val", "test"):
+                for level in [*hierarchy.level_names, "mean"]:
+                    run.define_metric(f"{st}/acc/{level}", step_metric="epoch")
+
+
+class LogConfusionMatrices(ModuleCallback):
+    """After each validation (not sanity check) and test epoch, log
+    ``pl_module.last_confusions`` per level as a W&B table ``<stage>/confusion/<level>`` with
+    columns (true, predicted, count), largest counts first, at most ``max_rows`` rows. Levels
+    with at most ``max_matrix_classes`` nodes also get a full confusion-matrix chart
+    ``<stage>/confusion_matrix/<level>`` (zeros included).
+    """
+
+    def __init__(
+        self, max_rows: int = 1000, max_matrix_classes: int = 30, every_n_epochs: int = 1
+    ) -> None:
+        if max_rows < 1 or max_matrix_classes < 0 or every_n_epochs < 1:
+            raise ValueError(
+                "Expected `max_rows` >= 1, `max_matrix_classes` >= 0 and `every_n_epochs` >= 1, "
+                f"but got {max_rows}, {max_matrix_classes}, {every_n_epochs}"
+            )
+        self.max_rows = max_rows
+        self.max_matrix_classes = max_matrix_classes
+        self.every_n_epochs = every_n_epochs
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: EvaluatedModule) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0:
+            self._log(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: EvaluatedModule) -> None:
+        self._log(trainer, pl_module, "test")
+
+    def _log(self, trainer: pl.Trainer, pl_module: EvaluatedModule, stage: str) -> None:
+        logger = wandb_logger(trainer)
+        if logger is None or not pl_module.last_confusions:
+            return
+        import wandb
+
+        h = pl_module.hierarchy
+        payload: dict[str, Any] = {}
+        for level, rows in pl_module.last_confusions.items():
+            rows = sorted(((t, p, int(c)) for t, p, c in rows), key=lambda r: -r[2])
+            payload[f"{stage}/confusion/{level}"] = wandb.Table(
+                columns=["true", "predicted", "count"],
+                data=[[h.name(t), h.name(p), c] for t, p, c in rows[: self.max_rows]],
+            )
+            nodes = h.level_nodes(level)
+            if len(nodes) <= self.max_matrix_classes:
+                payload[f"{stage}/confusion_matrix/{level}"] = _matrix_chart(
+                    h, nodes, rows, title=f"{stage} confusion: {level}"
+                )
+        logger.log_metrics(payload, step=trainer.global_step)
+
+
+def _matrix_chart(h: Hierarchy, nodes: tuple[str, ...], rows: list, title: str) -> Any:
+    """wandb.plot.confusion_matrix's chart, built from counts instead of per-sample labels."""
+    import wandb
+
+    names = [h.name(n) for n in nodes]
+    labels = names if len(set(names)) == len(names) else list(nodes)  # ids if names collide
+    index = {n: i for i, n in enumerate(nodes)}
+    counts = torch.zeros(len(nodes), len(nodes), dtype=torch.long)
+    for t, p, c in rows:
+        if t in index and p in index:
+            counts[index[t], index[p]] += c
+    data = [
+        [labels[i], labels[j], int(counts[i, j])]
+        for i in range(len(nodes))
+        for j in range(len(nodes))
+    ]
+    table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=data)
+    fields = {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"}
+    return wandb.plot_table(
+        "wandb/confusion_matrix/v1", table, fields, string_fields={"title": title}
+    )
+
+
+class LogPredictionSamples(ModuleCallback):
+    """At the end of validation, predict a fixed set of ``num_samples`` validation images
+    (evenly spaced over the dataset, taken once) in eval mode without gradients, decode them
+    with the module's decoder, and log a W&B table ``key`` with the image, the true path and the
+    predicted path with per-level probabilities ("Birds (0.98) > Gulls (0.71)").
+    """
+
+    def __init__(self, num_samples: int = 16, every_n_epochs: int = 1, key: str = "val/samples"):
+        if num_samples < 1 or every_n_epochs < 1:
+            raise ValueError(
+                "Expected `num_samples` >= 1 and `every_n_epochs` >= 1, but got "
+                f"{num_samples} and {every_n_epochs}"
+            )
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self.key = key
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._images: list[Any] | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: EvaluatedModule) -> None:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+            return
+        logger = wandb_logger(trainer)
+        if logger is None:
+            return
+        if self.batch is None:
+            self.batch = fixed_batch(trainer.val_dataloaders, self.num_samples)
+            if self.batch is None:
+                warnings.warn(
+                    "LogPredictionSamples: the val dataloader does not yield (images, targets) "
+                    "tensor batches; no sample table is logged",
+                    stacklevel=2,
+                )
+                self.batch = (torch.empty(0), torch.empty(0))
+        images, targets = self.batch
+        if images.numel() == 0:
+            return
+        import wandb
+
+        decoded = _predict(pl_module, images)
+        if self._images is None:
+            self._images = [wandb.Image(a) for a in _to_uint8(images)]
+        h = pl_module.hierarchy
+        nodes, probs = decoded.nodes.cpu(), decoded.probs.float().cpu()
+        true_level = h.tensors().levels[targets.clamp_min(0)] - 1  # [B] 0-based target level
+        hit = (nodes.gather(1, true_level[:, None]).squeeze(1) == targets) & (targets >= 0)
+        rows = []
+        for image, t, path_cols, path_probs, ok in zip(
+            self._images, targets.tolist(), nodes.tolist(), probs.tolist(), hit.tolist(),
+            strict=True,
+        ):  # fmt: skip
+            true = " > ".join(h.name(n) for n in h.ancestors(t)) if t >= 0 else ""
+            predicted = " > ".join(
+                f"{h.name(c)} ({p:.2f})"
+                for c, p in zip(path_cols, path_probs, strict=True)
+                if c >= 0
+            )
+            rows.append([image, true, predicted, ok])
+        table = wandb.Table(columns=["image", "true", "predicted", "correct"], data=rows)
+        logger.log_metrics({self.key: table}, step=trainer.global_step)
+
+
+def fixed_batch(loaders: Any, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``n`` (image [B, C, H, W], target [B]) samples of the first loader on CPU: evenly spaced
+    over a map-style dataset (so a class-sorted dataset still shows several classes), else the
+    first batches. None if the loader does not yield image/target tensors."""
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    if loader is None:
+        return None
+    dataset = loader.dataset
+    if not isinstance(dataset, torch.utils.data.IterableDataset) and len(dataset) > 0:
+        idx = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().long().unique()
+        batch = loader.collate_fn([dataset[int(i)] for i in idx])
+    else:
+        parts = []
+        for b in loader:
+            parts.append(b)
+            if sum(len(p[1]) for p in parts) >= n:
+                break
+        batch = [torch.cat([p[i] for p in parts])[:n] for i in (0, 1)] if parts else None
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+        return None
+    images, targets = batch[0], batch[1]
+    if not (torch.is_tensor(images) and torch.is_tensor(targets) and images.ndim == 4):
+        return None
+    return images.cpu(), targets.long().cpu()
+
+
+@torch.no_grad()
+def _predict(pl_module: Any, images: torch.Tensor) -> Any:
+    """Decoded (nodes [B, D], probs [B, D], node_probs [B, N]) for ``images``, in eval mode."""
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        return pl_module.decode(pl_module(images.to(pl_module.device)))
+    finally:
+        pl_module.train(was_training)
+
+
+def _to_uint8(images: torch.Tensor) -> list[Any]:
+    """[B, C, H, W] normalised floats -> B uint8 arrays [H, W, C] (or [H, W]), each stretched
+    to its own min..max since the normalisation is not known here."""
+    x = images.float()
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    x = ((x - lo) / (hi - lo).clamp_min(1e-8) * 255).round().to(torch.uint8)
+    x = x.permute(0, 2, 3, 1)
+    if x.shape[-1] == 1:
+        x = x[..., 0]
+    return list(x.numpy())
+
+
+class LogSummary(ModuleCallback):
+    """At fit end and test end, write the final metrics to the W&B run summary: Lightning's
+    callback metrics and the module's ``last_metrics`` (floats), plus ``epochs`` trained and,
+    when the checkpoint callback monitors a metric, ``best/<monitor>`` and ``best/checkpoint``."""
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: EvaluatedModule) -> None:
+        self._update(trainer, pl_module)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: EvaluatedModule) -> None:
+        self._update(trainer, pl_module)
+
+    def _update(self, trainer: pl.Trainer, pl_module: EvaluatedModule) -> None:
+        logger = wandb_logger(trainer)
+        if logger is None:
+            return
+        values: dict[str, Any] = {
+            k: v.item() for k, v in trainer.callback_metrics.items() if v.numel() == 1
+        }
+        values.update(pl_module.last_metrics)
+        if trainer.state.fn == TrainerFn.FITTING:
+            values["epochs"] = trainer.current_epoch
+            ckpt = trainer.checkpoint_callback
+            if ckpt is not None and ckpt.monitor and ckpt.best_model_score is not None:
+                values[f"best/{ckpt.monitor}"] = float(ckpt.best_model_score)
+                values["best/checkpoint"] = str(ckpt.best_model_path)
+        logger.experiment.summary.update(values)
