@@ -1,9 +1,9 @@
 """The ``hmc`` command.
 
-- ``hmc fit|validate|test --config configs/X.yaml [--model.head hrn --data.relabel.ratio 0.5]``:
-  LightningCLI with :class:`hmc.training.HMCModule` and :class:`hmc.training.HMCDataModule`;
-  the data
-  module's hierarchy is linked to the model's. ``--print_config`` prints the full config.
+- ``hmc fit|validate|test --config configs/base.yaml --config configs/X.yaml [--model.head
+  hrn --data.relabel.ratio 0.5]``: LightningCLI with :class:`hmc.training.HMCModule` and
+  :class:`hmc.training.HMCDataModule`; the data module's hierarchy is linked to the model's.
+  ``--print_config`` prints the full config.
 - ``hmc predict --ckpt_path run/last.ckpt --data.predict_paths '[img.jpg, folder/]'
   --output preds.csv``: a light predictor built on :func:`hmc.load_model` (the checkpoint
   alone; no training config), one CSV/JSON row per image.
@@ -32,7 +32,8 @@ __all__ = [
 DESCRIPTION = """\
 Hierarchical multi-granularity classification.
 
-  hmc fit --config configs/demo.yaml        train (LightningCLI; also validate, test)
+  hmc fit --config configs/base.yaml --config configs/demo.yaml
+                                            train (LightningCLI; also validate, test)
   hmc predict --ckpt_path run.ckpt --data.predict_paths '[a.jpg, folder/]' --output p.csv
   hmc explain --ckpt_path run.ckpt images/ --output explain/   per-level CAM pictures
   hmc export --ckpt_path run.ckpt --output model.onnx    one ONNX file, to predict without torch
