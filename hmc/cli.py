@@ -8,17 +8,30 @@
   --output preds.csv``: a light predictor built on :func:`hmc.load_model` (the checkpoint
   alone; no training config), one CSV/JSON row per image.
 - ``hmc hierarchy show NAME|PATH`` and ``hmc hierarchy validate PATH``.
+- ``hmc export`` (ONNX) and ``hmc explain`` (per-level CAM pictures).
+
+Relative paths in a config file or on the command line resolve against the working directory
+(as in LightningCLI), not against the config file's folder; ``hmc fit`` prints the absolute run
+folder it writes to.
+
+A user error (a bad value, a missing file, a wrong checkpoint) prints one ``error:`` line and
+exits with code 1 (2 for a bad command line); ``--debug`` anywhere on the command line, or
+``HMC_DEBUG=1``, shows the traceback instead. ``hmc`` itself imports neither Lightning nor timm
+for ``--help``, ``--version`` or ``hmc hierarchy``.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, Literal
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal
 
-from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
+if TYPE_CHECKING:  # jsonargparse costs ~1 s of startup: imported by the commands that parse
+    from jsonargparse import ArgumentParser
 
 __all__ = [
     "did_you_mean",
@@ -41,6 +54,12 @@ Hierarchical multi-granularity classification.
   hmc hierarchy show NAME|PATH              print a hierarchy with counts per level
   hmc hierarchy validate PATH               check a hierarchy file (exit 1 on error)
 """
+
+
+def _config_action() -> Any:
+    from jsonargparse import ActionConfigFile
+
+    return ActionConfigFile
 
 
 # ----------------------------------------------------------------------------- hints
@@ -92,17 +111,34 @@ class _HintMixin:
         return super().error(_with_hint(str(message), parser), ex)  # type: ignore[misc]
 
 
-class _RawDescription(DefaultHelpFormatter):
-    """Keep the description's line breaks (the command list)."""
+@cache
+def _raw_description_class():
+    from jsonargparse import DefaultHelpFormatter
 
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return "".join(indent + line for line in text.splitlines(keepends=True))
+    class _RawDescription(DefaultHelpFormatter):
+        """Keep the description's line breaks (the command list)."""
+
+        def _fill_text(self, text: str, width: int, indent: str) -> str:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+
+    return _RawDescription
 
 
-class _HintParser(_HintMixin, ArgumentParser):
-    """jsonargparse parser whose unknown-key errors name the closest valid key."""
+@cache
+def _hint_parser_class():
+    from jsonargparse import ArgumentParser
+
+    class _HintParser(_HintMixin, ArgumentParser):
+        """jsonargparse parser whose unknown-key errors name the closest valid key."""
+
+    return _HintParser
 
 
+def _HintParser(*args: Any, **kwargs: Any) -> ArgumentParser:  # noqa: N802 (a class, built lazily)
+    return _hint_parser_class()(*args, **kwargs)
+
+
+@cache
 def _lightning_parser_class():
     from pytorch_lightning.cli import LightningArgumentParser
 
@@ -122,6 +158,7 @@ def __getattr__(name: str) -> Any:
 
 
 # ------------------------------------------------------------------------ LightningCLI
+@cache
 def _cli_class():
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.cli import LightningCLI
@@ -135,6 +172,51 @@ def _cli_class():
             # `checkpoint.dirpath` and configs/base.yaml the rest (configs merge by key).
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
 
+        def before_fit(self) -> None:
+            ckpt = self._checked_checkpoint("fit")
+            if ckpt is not None:
+                _check_resume(ckpt, self.model, self.config["fit"]["ckpt_path"])
+            folder = os.path.abspath(self.trainer.default_root_dir)
+            print(f"hmc fit: writing to {folder}", file=sys.stderr)
+
+        def before_validate(self) -> None:
+            self._checked_checkpoint("validate")
+
+        def before_test(self) -> None:
+            self._checked_checkpoint("test")
+
+        def _checked_checkpoint(self, stage: str) -> dict[str, Any] | None:
+            """The checkpoint ``--ckpt_path`` names, read and checked before Lightning runs; a
+            validate/test without one would evaluate random weights."""
+            from hmc.predict import read_checkpoint
+
+            given = self.config[stage].get("ckpt_path")
+            if given is None and stage == "fit":
+                return None
+            if given is None:
+                raise ValueError(
+                    f"hmc {stage} evaluates a trained model: give --ckpt_path FILE.ckpt, or "
+                    "--ckpt_path last for the last checkpoint of this config's run folder"
+                )
+            if given == "last":
+                found: set[str] = set()
+                for cb in self.trainer.checkpoint_callbacks:
+                    found |= cb._find_last_checkpoints(self.trainer)
+                if not found:
+                    if stage == "fit":  # Lightning's 'resume if there is one': a fresh start
+                        return None
+                    where = [
+                        getattr(cb, "dirpath", None) for cb in self.trainer.checkpoint_callbacks
+                    ]
+                    raise ValueError(
+                        f"hmc {stage} --ckpt_path last: no last checkpoint in {where} (set "
+                        "checkpoint.dirpath to the run's checkpoint folder, or give the file)"
+                    )
+                given = max(found, key=os.path.getmtime)
+            elif given in ("best", "registry") or str(given).startswith("hf://"):
+                return None  # Lightning resolves (and reports) these itself
+            return read_checkpoint(given)
+
         @staticmethod
         def subcommands() -> dict[str, set[str]]:
             # `hmc predict` is hmc.predict's checkpoint-only predictor (dispatched in main()).
@@ -145,19 +227,63 @@ def _cli_class():
     return HMCLightningCLI
 
 
+def _check_resume(ckpt: dict[str, Any], module: Any, path: str) -> None:
+    """Resuming keeps the model: a setting that differs from the checkpoint's stored model
+    config is an error naming it (Lightning would fail on the weights, or train another model)."""
+    stored = ckpt["hmc"].get("model_config") or {}
+    current = getattr(getattr(module, "model", None), "config", None) or {}
+    ignored = {"hierarchy", "init_weights", "format"}  # the hierarchy is checked on load
+    differ = [
+        f"{k}: checkpoint {stored.get(k)!r}, config {current.get(k)!r}"
+        for k in sorted(set(stored) | set(current))
+        if k not in ignored and stored.get(k) != current.get(k)
+    ]
+    if differ:
+        raise ValueError(
+            f"cannot resume from {path!r}: the model settings differ ({'; '.join(differ)}). "
+            "A resumed run keeps its model; start a new run (without --ckpt_path) to change it"
+        )
+
+
+def _drop_known_messages(record: Any) -> bool:
+    """False for Lightning's litlogger tip and the "GPU/TPU available: False" lines of a
+    CPU-only machine: they state nothing about the run."""
+    msg = str(record.msg)
+    return not msg.startswith(
+        ("💡 Tip: For seamless cloud logging", "GPU available: False", "TPU available: False")
+    )
+
+
+def _drop_zero_flops(record: Any) -> bool:
+    """The model summary without its "0  Total Flops" line (FLOPs are not counted here)."""
+    if isinstance(record.msg, str):
+        record.msg = re.sub(r"\n\s*0\s+Total Flops\s*$", "", record.msg)
+    return True
+
+
+def _quiet_lightning() -> None:
+    """Filter exactly the known messages above, on the loggers that emit them."""
+    import logging
+
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_drop_known_messages)  # a no-op when already there
+    logging.getLogger("pytorch_lightning.callbacks.model_summary").addFilter(_drop_zero_flops)
+
+
 def run_lightning_cli(args: Sequence[str] | None = None) -> Any:
     """Run ``hmc fit|validate|test`` (``args`` None: ``sys.argv``)."""
     from hmc.training.callbacks import LoggerSaveConfigCallback
     from hmc.training.datamodule import HMCDataModule
     from hmc.training.module import HMCModule
 
+    _quiet_lightning()
     return _cli_class()(
         HMCModule,
         HMCDataModule,
         parser_class=_lightning_parser_class(),
         # Writes config.yaml to the run folder and sends the resolved config to every logger.
         save_config_callback=LoggerSaveConfigCallback,
-        parser_kwargs={"description": DESCRIPTION, "formatter_class": _RawDescription},
+        parser_kwargs={"description": DESCRIPTION, "formatter_class": _raw_description_class()},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # HMCModule builds its own param groups/schedule
         # Hyper-parameters are the module's plain arguments (the hierarchy travels in
@@ -216,7 +342,7 @@ def _predict_parser() -> ArgumentParser:
             "and per-level probabilities, as CSV or JSON."
         ),
     )
-    parser.add_argument("-c", "--config", action=ActionConfigFile)
+    parser.add_argument("-c", "--config", action=_config_action())
     parser.add_argument("--ckpt_path", type=str | None, default=None, help="an hmc .ckpt file")
     parser.add_argument(
         "--model", type=str | None, default=None, help="or an .onnx file from `hmc export`"
@@ -324,7 +450,7 @@ def _export_parser() -> ArgumentParser:
             "hmc.onnx_predictor run it with onnxruntime alone (no torch)."
         ),
     )
-    parser.add_argument("-c", "--config", action=ActionConfigFile)
+    parser.add_argument("-c", "--config", action=_config_action())
     parser.add_argument("--ckpt_path", type=str, required=True, help="an hmc .ckpt file")
     parser.add_argument("--output", type=str, required=True, help="the .onnx file to write")
     parser.add_argument(
@@ -361,7 +487,7 @@ def _explain_parser() -> ArgumentParser:
             "overlay per level, titled with the predicted name and its probability."
         ),
     )
-    parser.add_argument("-c", "--config", action=ActionConfigFile)
+    parser.add_argument("-c", "--config", action=_config_action())
     parser.add_argument("--ckpt_path", type=str, required=True, help="an hmc .ckpt file")
     parser.add_argument("paths", nargs="*", default=[], help="image files or folders")
     parser.add_argument("--output", type=str, default="explain", help="folder for the PNGs")
@@ -455,19 +581,101 @@ def _write_report(cfg: Any, predictor: Any, rows: list[dict], labels: dict[str, 
 
 
 # --------------------------------------------------------------------------------- main
+COMMANDS = {
+    "fit": "train a model (LightningCLI: --config configs/X.yaml, overrides as --model.head hrn)",
+    "validate": "validate a checkpoint (--ckpt_path FILE|last)",
+    "test": "test a checkpoint (--ckpt_path FILE|last)",
+    "predict": "predict image files/folders with a checkpoint or an ONNX file",
+    "explain": "per-level class-activation pictures",
+    "export": "write a checkpoint as one ONNX file",
+    "hierarchy": "show or validate a hierarchy",
+}
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, LookupError, OSError)
+"""Exceptions printed as one ``error:`` line (``--debug``: the traceback). Lightning's
+MisconfigurationException is added by name (importing it would import Lightning)."""
+
+
+def _usage() -> str:
+    names = "|".join(COMMANDS)
+    lines = [f"usage: hmc [-h] [--version] [--debug] {{{names}}} ...", "", DESCRIPTION]
+    lines.append("commands:")
+    lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
+    lines += [
+        "",
+        "options:",
+        "  -h, --help   this message; `hmc COMMAND --help` for a command's options",
+        "  --version    print the version",
+        "  --debug      show the traceback of an error (also HMC_DEBUG=1)",
+    ]
+    return "\n".join(lines)
+
+
+def _is_user_error(err: BaseException) -> bool:
+    names = {c.__name__ for c in type(err).__mro__}
+    return isinstance(err, USER_ERRORS) or "MisconfigurationException" in names
+
+
+def _message(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    if isinstance(err, (ValueError, OSError)) or "MisconfigurationException" in str(type(err)):
+        return str(text)
+    return f"{type(err).__name__}: {text}"
+
+
+def _dispatch(args: list[str], from_sys_argv: bool) -> int:
+    command = args[0]
+    if command == "hierarchy":
+        return hierarchy_main(args[1:])
+    if command == "predict":
+        return predict_main(args[1:])
+    if command == "explain":
+        return explain_main(args[1:])
+    if command == "export":
+        return export_main(args[1:])
+    if from_sys_argv:
+        # LightningCLI reads sys.argv itself (and DDP workers re-run the same argv).
+        sys.argv = [sys.argv[0], *args]
+        run_lightning_cli(None)
+    else:
+        run_lightning_cli(args)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``hmc`` command."""
+    """Entry point of the ``hmc`` command; exits with the command's code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["hierarchy"]:
-        sys.exit(hierarchy_main(args[1:]))
-    if args[:1] == ["predict"]:
-        sys.exit(predict_main(args[1:]))
-    if args[:1] == ["explain"]:
-        sys.exit(explain_main(args[1:]))
-    if args[:1] == ["export"]:
-        sys.exit(export_main(args[1:]))
-    # args=None lets LightningCLI read sys.argv itself (and DDP workers re-run the same argv).
-    run_lightning_cli(None if argv is None else args)
+    debug = "--debug" in args or os.environ.get("HMC_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage(), file=sys.stdout if args else sys.stderr)
+        sys.exit(0 if args else 2)
+    if args[0] == "--version":
+        from hmc import __version__
+
+        print(f"hmc {__version__}")
+        sys.exit(0)
+    if args[0] not in COMMANDS:
+        close = difflib.get_close_matches(args[0], list(COMMANDS), n=1, cutoff=0.5)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        print(
+            f"error: unknown command {args[0]!r}.{hint} Commands: {', '.join(COMMANDS)} "
+            "(hmc --help)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    try:
+        code = _dispatch(args, from_sys_argv=argv is None)
+    except KeyboardInterrupt:
+        print("hmc: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        if debug or not _is_user_error(err):
+            raise
+        print(f"error: {_message(err)}", file=sys.stderr)
+        print("(hmc --debug ... or HMC_DEBUG=1 shows the traceback)", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
