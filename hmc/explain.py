@@ -36,6 +36,7 @@ from hmc.hierarchy import Hierarchy, UnknownLabelError
 
 __all__ = [
     "METHODS",
+    "PANEL_PX",
     "TARGETS",
     "Explanation",
     "explain",
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 TARGETS = ("score", "probability")
+PANEL_PX = 224  # smallest side of a panel in render_explanation's picture
 
 
 def _torchcam_methods() -> dict[str, Callable[..., Any]]:
@@ -203,6 +205,12 @@ def explain(
     check_choice("method", method, METHODS)
     check_choice("target", target, TARGETS)
     model, h, decoder_name, options, scores_mode = _unpack(predictor_or_model)
+    # The predictor's probability model (e.g. calibration temperatures), where it has one.
+    probability_options = {
+        k: getattr(predictor_or_model, k)
+        for k in ("probabilities", "temperatures")
+        if getattr(predictor_or_model, k, None) is not None
+    }
     if decoder is not None:
         decoder_name, options = decoder, {}
     options.update(decoder_kwargs or {})
@@ -222,18 +230,22 @@ def explain(
     model.eval()
     try:
         with _torchcam_methods()[method](model, target_layer=layer) as cam, torch.enable_grad():
-            node_scores = model(x).node_scores  # (B, 3, H, W) -> (B, N)
-            dec = decode(
-                h,
-                node_scores.detach(),
-                decoder_name,
-                score_kind=score_kind,
-                scores=scores_mode,
-                **options,
-            )
-            y = node_scores.float()
+            out = model(x)  # (B, 3, H, W) -> HeadOutput(node_scores (B, N), ...)
+            with torch.no_grad():
+                dec = decode(
+                    h,
+                    out,
+                    decoder_name,
+                    score_kind=score_kind,
+                    scores=scores_mode,
+                    **probability_options,
+                    **options,
+                )
+            y = out.node_scores.float()
             if target == "probability":
-                y = node_probabilities(h, y, score_kind=score_kind, scores=scores_mode)
+                y = node_probabilities(
+                    h, out, score_kind=score_kind, scores=scores_mode, **probability_options
+                ).float()
             b = x.shape[0]
             maps, nodes = [], []
             for k, d in enumerate(level_list):
@@ -316,8 +328,10 @@ def render_explanation(
 ) -> Image.Image:
     """One image's explanation as a picture: the photo, then one overlay per level, each
     titled with the level, the node's name and its probability. maps: [K, H, W]; nodes,
-    probs: [K]."""
-    w, h = image.size
+    probs: [K]. Panels are the image's size, enlarged to at least :data:`PANEL_PX` on the
+    longer side (small model inputs stay legible)."""
+    scale = max(1.0, PANEL_PX / max(image.size))
+    w, h = round(image.size[0] * scale), round(image.size[1] * scale)
     font_size = max(10, min(16, w // 14))
     font, band = _font(font_size), 2 * font_size + 10
     panels = [(image, "input", "")]
@@ -334,7 +348,7 @@ def render_explanation(
         x0 = pad + i * (w + pad)
         draw.text((x0, 3), _fit(draw, line1, font, w), fill=(90, 90, 90), font=font)
         draw.text((x0, font_size + 6), _fit(draw, line2, font, w), fill="black", font=font)
-        canvas.paste(img.resize((w, h)), (x0, band))
+        canvas.paste(img.resize((w, h), Image.Resampling.BILINEAR), (x0, band))
     return canvas
 
 

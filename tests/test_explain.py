@@ -8,12 +8,19 @@ import types
 import numpy as np
 import pytest
 import torch
-from cam_fixtures import SIZE, fit_checkpoint, patch_image
+from cam_fixtures import fit_checkpoint, patch_image
 from PIL import Image
 
 from hmc.cli import explain_main
 from hmc.decoding import decode, node_probabilities
-from hmc.explain import METHODS, explain, find_target_layer, render_explanation, to_display
+from hmc.explain import (
+    METHODS,
+    PANEL_PX,
+    explain,
+    find_target_layer,
+    render_explanation,
+    to_display,
+)
 from hmc.hierarchy import Hierarchy, UnknownLabelError
 from hmc.models import build_model
 from hmc.predict import load_model
@@ -126,7 +133,7 @@ def test_the_picture_has_the_photo_and_one_titled_panel_per_level():
     shown = to_display(x)
     assert shown[0].size == (64, 64)
     pic = render_explanation(model.hierarchy, shown[0], e.maps[0], e.nodes[0], e.probs[0], e.levels)
-    assert pic.width == 3 * (64 + 4) + 4 and pic.height > 64
+    assert pic.width == 3 * (PANEL_PX + 4) + 4 and pic.height > PANEL_PX
 
 
 # ------------------------------------------------------------------ trained model + CLI
@@ -156,13 +163,13 @@ def test_cli_writes_one_png_per_image(trained, tmp_path, capsys):
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == len(list((root / "left").rglob("*.png"))) == 12
     with Image.open(pngs[0]) as img:
-        assert img.width == 3 * (SIZE + 4) + 4  # photo + one overlay per level
+        assert img.width == 3 * (PANEL_PX + 4) + 4  # photo + one overlay per level
     assert "12 images" in capsys.readouterr().err
     one = tmp_path / "one"
     args = ["--ckpt_path", str(ckpt), str(root / "right" / "red"), "--output", str(one)]
     assert explain_main([*args, "--levels", "[2]"]) == 0
     with Image.open(next(one.glob("*.png"))) as img:
-        assert img.width == 2 * (SIZE + 4) + 4
+        assert img.width == 2 * (PANEL_PX + 4) + 4
 
 
 def test_cli_errors_name_the_valid_choices(trained, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Make docs/img/report.png: a screenshot of ``hmc predict --report`` in headless Chromium.
+"""Make docs/img/report.png, a screenshot of ``hmc predict --report`` in headless Chromium, and
+docs/img/explain.png, the picture ``hmc explain`` writes for one image.
 
 Synthetic photos (no dataset ships with the docs): a bright patch on the left or right half
 (level 1) in red or green (level 2); a tiny HRN model (timm ``test_efficientnet``) trained for
@@ -19,12 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hmc.cli import predict_main
+from hmc.cli import explain_main, predict_main
 from hmc.data import HierarchyFolder
 from hmc.data.transforms import build_transforms
 from hmc.training import HMCModule
 
 OUT = Path(__file__).resolve().parent / "report.png"
+EXPLAIN_OUT = OUT.with_name("explain.png")
 SIZE = 64
 
 
@@ -107,7 +109,13 @@ def main() -> None:
     shot = Image.open(OUT).convert("RGB")
     shot = shot.resize((shot.width * 4 // 5, shot.height * 4 // 5), Image.Resampling.LANCZOS)
     shot.quantize(colors=128).save(OUT, optimize=True)
-    print(f"{OUT} ({OUT.stat().st_size // 1024} kB); work files in {work}")
+    one = show / "right" / "green" / "right_green_0.png"
+    if explain_main(["--ckpt_path", str(ckpt), str(one), "--output", str(work / "explain")]):
+        sys.exit("hmc explain failed")
+    Image.open(work / "explain" / one.name).quantize(colors=128).save(EXPLAIN_OUT, optimize=True)
+    for f in (OUT, EXPLAIN_OUT):
+        print(f"{f} ({f.stat().st_size // 1024} kB)")
+    print(f"work files in {work}")
 
 
 if __name__ == "__main__":
