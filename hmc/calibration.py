@@ -1,11 +1,13 @@
 """Post-hoc temperature calibration of a head's outputs, fitted on a validation split.
 
 A :class:`Calibration` holds one temperature per head output (``node_scores``, ``leaf_logits``).
-Applying it divides each output by its temperature before node probabilities are computed, so
-every probability the package reports (decoders, metrics, ``hmc predict``) is the calibrated
-one. :func:`fit_calibration` chooses the temperatures that minimise the validation negative
-log-likelihood of each sample's observed label, ``-log P(target node)``, which counts a
-family-labelled sample at the family and a species-labelled one at the species.
+The probability model applies them (``hmc.decoding.node_probabilities(..., temperatures=)``;
+for HRN state scores the temperature divides the scores after the sigmoid, the state
+distribution's energies), so every probability the package reports (decoders, metrics,
+``hmc predict``) is the calibrated one. :func:`fit_calibration` chooses the temperatures that
+minimise the validation negative log-likelihood of each sample's observed label,
+``-log P(target node)``, which counts a family-labelled sample at the family and a
+species-labelled one at the species.
 """
 
 from __future__ import annotations
@@ -38,16 +40,6 @@ class Calibration:
             if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
                 raise ValueError(f"temperature of {name!r} must be a finite number > 0, got {t!r}")
 
-    def apply(self, output: Any) -> Any:
-        """``output`` (a :class:`~hmc.models.HeadOutput`) with each named field divided by its
-        temperature; fields that are None stay None."""
-        changes = {}
-        for name, t in self.temperatures.items():
-            value = getattr(output, name)
-            if value is not None and t != 1.0:
-                changes[name] = value / t
-        return output._replace(**changes) if changes else output
-
     def to_dict(self) -> dict[str, Any]:
         return {"temperatures": dict(self.temperatures)}
 
@@ -57,7 +49,7 @@ class Calibration:
 
 
 def fit_calibration(
-    node_log_probs: Callable[[Any], Tensor],
+    node_log_probs: Callable[[Any, dict[str, Tensor]], Tensor],
     output: Any,
     targets: Tensor,
     fields: Sequence[str] = FIELDS,
@@ -65,28 +57,26 @@ def fit_calibration(
 ) -> Calibration:
     """Temperatures for ``fields`` of ``output`` that minimise the mean ``-log P(target)``.
 
-    node_log_probs: maps a head output to [B, N] log node probabilities (the package's
-        probability model, e.g. ``lambda o: hmc.decoding.node_probabilities(h, o).log()``).
+    node_log_probs: ``(output, temperatures) -> [B, N]`` log node probabilities, the package's
+        probability model, e.g. ``lambda o, t: hmc.decoding.node_log_probabilities(h, o,
+        temperatures=t)``; ``temperatures`` maps each field to a scalar tensor.
     output: the head output on the whole validation split (tensors [B, ...], no grad needed).
     targets: [B] label columns at any depth; negative = unlabelled (ignored).
-    Fields that are None in ``output`` are skipped. Optimised in log-temperature with L-BFGS.
+    Fields that are None in ``output`` are skipped. Optimised in log-temperature with L-BFGS;
+    a fit that does not lower the NLL returns T = 1.
     """
     fields = [f for f in fields if getattr(output, f, None) is not None]
     labelled = targets >= 0
     if not fields or not bool(labelled.any()):
         return Calibration({f: 1.0 for f in fields})
-    detached = output._replace(
-        **{f: getattr(output, f).detach().float() for f in fields if getattr(output, f) is not None}
-    )
+    detached = output._replace(**{f: getattr(output, f).detach().float() for f in fields})
     log_t = torch.zeros(len(fields), dtype=torch.float32, requires_grad=True)
     rows = torch.nonzero(labelled).flatten()
     cols = targets[rows]
 
     def nll() -> Tensor:
-        scaled = detached._replace(
-            **{f: getattr(detached, f) / log_t[i].exp() for i, f in enumerate(fields)}
-        )
-        logp = node_log_probs(scaled)[rows, cols]
+        temps = {f: log_t[i].clamp(-4.6, 4.6).exp() for i, f in enumerate(fields)}
+        logp = node_log_probs(detached, temps)[rows, cols]
         return -logp.clamp_min(-1e4).mean()
 
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
@@ -97,10 +87,11 @@ def fit_calibration(
         loss.backward()
         return loss
 
-    before = float(nll())
-    opt.step(closure)
-    after = float(nll())
+    with torch.enable_grad():
+        before = float(nll().detach())
+        opt.step(closure)
+        after = float(nll().detach())
     if not math.isfinite(after) or after > before:  # never make the fit worse than T = 1
         return Calibration({f: 1.0 for f in fields})
-    temps = log_t.detach().exp().clamp(1e-2, 1e2).tolist()
+    temps = log_t.detach().clamp(-4.6, 4.6).exp().tolist()
     return Calibration(dict(zip(fields, (float(t) for t in temps), strict=True)))

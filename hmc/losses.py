@@ -29,10 +29,13 @@ __all__ = [
     "build_loss",
     "sigmoid_loss_floor",
     "LOSSES",
+    "LEAF_LOSSES",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
 _SCORES = ("sigmoid", "logits")
+# HRNLoss's leaf term: the paper's leaf-only cross-entropy, or the leaf-marginal likelihood.
+LEAF_LOSSES = ("ce", "marginal")
 
 
 def _labelled(
@@ -157,6 +160,11 @@ class HRNLoss(nn.Module):
     ``h.tensors().leaves[j]``) and only the samples labelled with a leaf; with ``"mean"`` it is
     averaged over those samples and is 0 when there are none. The combinatorial term uses every
     labelled sample. ``parts(...)`` returns the terms separately, for logging.
+
+    ``leaf_loss`` selects the leaf term: ``"ce"`` is the paper's exact recipe above;
+    ``"marginal"`` trains the leaf head on every labelled sample with the leaf-marginal
+    likelihood ``-log sum_{leaves l below the label} softmax(leaf_logits)_l`` (a coarse label
+    counts through its leaves, as :class:`LeafMarginalLoss`), issue 12 (c).
     """
 
     def __init__(
@@ -167,8 +175,11 @@ class HRNLoss(nn.Module):
         leaf_weight: float = 1.0,
         reduction: str = "mean",
         ignore_index: int = -100,
+        leaf_loss: str = "ce",
     ) -> None:
         super().__init__()
+        check_choice("leaf_loss", leaf_loss, LEAF_LOSSES)
+        self.leaf_loss = leaf_loss
         self.combinatorial = CombinatorialLoss(hierarchy, scores, reduction, ignore_index)
         self.hierarchy = hierarchy
         self.combinatorial_weight = float(combinatorial_weight)
@@ -180,6 +191,12 @@ class HRNLoss(nn.Module):
         leaf_pos[leaves] = torch.arange(len(leaves))
         self.num_leaves = len(leaves)
         self.register_buffer("leaf_position", leaf_pos, persistent=False)
+        # [N, L] bool: leaf j lies below (or is) node v; for leaf_loss="marginal".
+        paths = hierarchy.tensors().paths[leaves]  # [L, D], -1 padded
+        below = torch.zeros(hierarchy.num_nodes, len(leaves), dtype=torch.bool)
+        rows = torch.arange(len(leaves))[:, None].expand_as(paths)
+        below[paths[paths >= 0], rows[paths >= 0]] = True
+        self.register_buffer("leaf_below", below, persistent=False)
 
     def parts(
         self, node_scores: Tensor, targets: Tensor, leaf_logits: Tensor | None = None
@@ -201,10 +218,16 @@ class HRNLoss(nn.Module):
                     f"column per leaf), but got {list(leaf_logits.shape)}"
                 )
             mask, t = _labelled(self.hierarchy, node_scores, targets, self.ignore_index)
-            leaf_t = self.leaf_position.to(t.device)[t]
-            mask = mask & (leaf_t >= 0)
-            ce = F.cross_entropy(upcast_half(leaf_logits), leaf_t.clamp_min(0), reduction="none")
-            leaf_ce = _reduce(ce, mask, self.reduction)
+            z = upcast_half(leaf_logits)
+            if self.leaf_loss == "marginal":
+                below = self.leaf_below.to(t.device)[t]  # [B, L]
+                hit = torch.logsumexp(torch.where(below, z, torch.full_like(z, -torch.inf)), 1)
+                leaf_ce = _reduce(torch.logsumexp(z, 1) - hit, mask, self.reduction)
+            else:
+                leaf_t = self.leaf_position.to(t.device)[t]
+                mask = mask & (leaf_t >= 0)
+                ce = F.cross_entropy(z, leaf_t.clamp_min(0), reduction="none")
+                leaf_ce = _reduce(ce, mask, self.reduction)
         total = self.combinatorial_weight * comb + self.leaf_weight * leaf_ce
         return {"combinatorial": comb, "leaf_ce": leaf_ce, "total": total}
 
@@ -212,7 +235,10 @@ class HRNLoss(nn.Module):
         return self.parts(node_scores, targets, leaf_logits)["total"]
 
     def extra_repr(self) -> str:
-        return f"combinatorial_weight={self.combinatorial_weight}, leaf_weight={self.leaf_weight}"
+        return (
+            f"combinatorial_weight={self.combinatorial_weight}, leaf_weight={self.leaf_weight}, "
+            f"leaf_loss={self.leaf_loss!r}"
+        )
 
 
 class _BaselineLoss(nn.Module):

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tree_strategies import trees
 
 from hmc.decoding import (
     DECODERS,
+    DEFAULT_PROBABILITIES,
+    PROBABILITIES,
     SCORE_KINDS,
     Decoded,
     check_decoder,
     decode,
+    node_log_probabilities,
     node_marginals,
     node_probabilities,
+    resolve_probabilities,
 )
 from hmc.hierarchy import Hierarchy
 from hmc.models import leaf_log_marginals
@@ -207,10 +214,11 @@ def test_check_decoder_fills_in_the_defaults():
         "argmax": {},
         "marginal": {},
         "map": {},
+        "paper": {},
     }
 
 
-@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("decoder", [d for d in DECODERS if d != "paper"])
 def test_decode_takes_the_head_output_as_well_as_its_node_scores(balanced, decoder):
     from hmc.models import HeadOutput
 
@@ -218,3 +226,133 @@ def test_decode_takes_the_head_output_as_well_as_its_node_scores(balanced, decod
     out = HeadOutput(x, None, [])
     a, b = decode(balanced, out, decoder), decode(balanced, x, decoder)
     assert torch.equal(a.nodes, b.nodes) and torch.equal(a.node_probs, b.node_probs)
+
+
+# ------------------------------------------------------- HRN probability models, "paper"
+def _hrn_output(h: Hierarchy, seed: int, b: int = 6, scale: float = 3.0):
+    from hmc.models import HeadOutput
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, h.num_nodes, generator=gen, dtype=torch.float64) * scale
+    z = torch.randn(b, len(h.leaves), generator=gen, dtype=torch.float64) * scale
+    return HeadOutput(x, z, [])
+
+
+def _brute_node_probs(h, out, probabilities, scores, t_node=1.0, t_leaf=1.0):
+    """P(v) by explicit enumeration: every state (the empty one and the path to each node) or
+    every leaf, one Python loop over them, float64."""
+    w = torch.sigmoid(out.node_scores) if scores == "sigmoid" else out.node_scores
+    b = w.shape[0]
+    paths = {v: [h.index(a) for a in h.ancestors(v)] for v in range(h.num_nodes)}
+    leaves = h.tensors().leaves.tolist()
+    if probabilities == "states":
+        ends = list(range(h.num_nodes))
+        energy = torch.stack([w[:, paths[v]].sum(1) / t_node for v in ends], 1)
+        energy = torch.cat([torch.zeros(b, 1, dtype=energy.dtype), energy], 1)  # empty state
+        p_state = torch.softmax(energy, 1)[:, 1:]
+    else:
+        ends = leaves
+        energy = out.leaf_logits / t_leaf
+        if probabilities == "product":
+            energy = energy + torch.stack([w[:, paths[v]].sum(1) / t_node for v in ends], 1)
+        p_state = torch.softmax(energy, 1)
+    p = torch.zeros(b, h.num_nodes, dtype=torch.float64)
+    for k, v in enumerate(ends):
+        for u in paths[v]:
+            p[:, u] += p_state[:, k]
+    return p
+
+
+@given(h=trees(max_depth=4, max_nodes=25), seed=st.integers(0, 10_000), data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_hrn_probability_models_are_consistent_and_match_brute_force(h, seed, data):
+    probabilities = data.draw(st.sampled_from(PROBABILITIES))
+    scores = data.draw(st.sampled_from(["sigmoid", "logits"]))
+    t_node = data.draw(st.sampled_from([1.0, 0.25, 3.0]))
+    t_leaf = data.draw(st.sampled_from([1.0, 0.5, 2.0]))
+    out = _hrn_output(h, seed)
+    temps = {"node_scores": t_node, "leaf_logits": t_leaf}
+    p = node_probabilities(h, out, "states", scores, probabilities, temps).double()
+    ref = _brute_node_probs(h, out, probabilities, scores, t_node, t_leaf)
+    torch.testing.assert_close(p, ref, rtol=1e-5, atol=1e-7)
+    for d in range(1, h.num_levels + 1):  # each level sums to at most 1
+        assert (p[:, h.level_slice(d)].sum(1) <= 1 + 1e-6).all()
+    parent = h.tensors().parent
+    below_top = parent >= 0
+    child, par = p[:, below_top], p[:, parent[below_top]]
+    assert (child <= par + 1e-7).all()  # never increases down a path
+    logp = node_log_probabilities(h, out, "states", scores, probabilities, temps)
+    torch.testing.assert_close(logp.exp().double(), p, rtol=1e-5, atol=1e-7)
+
+
+def test_probability_models_need_leaf_logits_and_default_to_product(ragged):
+    from hmc.models import HeadOutput
+
+    out = _hrn_output(ragged, 0)
+    assert DEFAULT_PROBABILITIES in PROBABILITIES
+    assert resolve_probabilities(out, "states", None) == DEFAULT_PROBABILITIES
+    assert resolve_probabilities(out.node_scores, "states", None) == "states"
+    torch.testing.assert_close(
+        decode(ragged, out).node_probs,
+        node_probabilities(ragged, out, probabilities=DEFAULT_PROBABILITIES),
+    )
+    no_leaf = HeadOutput(out.node_scores, None, [])
+    for probabilities in ("leafhead", "product"):
+        with pytest.raises(ValueError, match=rf"probabilities='{probabilities}'.*'states' head"):
+            node_probabilities(ragged, no_leaf, probabilities=probabilities)
+    with pytest.raises(ValueError, match="Expected argument `probabilities`"):
+        decode(ragged, out, probabilities="softmax")
+    with pytest.raises(ValueError, match="temperatures for"):
+        node_probabilities(ragged, out, temperatures={"scores": 2.0})
+
+
+def test_paper_decoder_hand_worked():
+    """Per-level argmax of the node scores above the species level, the leaf head's argmax at
+    it: the levels may disagree with the tree, as in the paper's evaluation."""
+    from hmc.models import HeadOutput
+
+    h = Hierarchy.from_paths(
+        [("A", "A1", "a1x"), ("A", "A1", "a1y"), ("A", "A2", "a2x"), ("B", "B1", "b1x")]
+    )
+    x = torch.zeros(1, h.num_nodes)
+    x[0, h.index("B")] = 0.9  # order: B (over A = 0)
+    x[0, h.index("A1")] = 2.0  # family: A1 (over A2 = 0, B1 = 0.5)
+    x[0, h.index("B1")] = 0.5
+    x[0, h.index("b1x")] = 5.0  # ignored at the leaf level
+    leaves = h.tensors().leaves.tolist()
+    z = torch.zeros(1, len(leaves))
+    z[0, leaves.index(h.index("a2x"))] = 3.0
+    got = decode(h, HeadOutput(x, z, []), "paper")
+    want = [h.index("B"), h.index("A1"), h.index("a2x")]
+    assert got.nodes.tolist() == [want]
+    p = node_probabilities(h, HeadOutput(x, z, []))
+    torch.testing.assert_close(got.probs, p[:, want])
+    # The leaf head on its own gives the leaf-level argmax of "argmax" for probabilities
+    # "leafhead" (whose leaf probabilities are the leaf head's softmax).
+    lh = decode(h, HeadOutput(x, z, []), "argmax", probabilities="leafhead")
+    assert lh.nodes[0, 2] == h.index("a2x")
+
+
+def test_paper_decoder_on_a_ragged_tree_takes_the_deepest_level_leaves(ragged):
+    from hmc.models import HeadOutput
+
+    x = torch.zeros(1, ragged.num_nodes)
+    x[0, ragged.index("b")] = 1.0
+    x[0, ragged.index("a2")] = 1.0
+    leaves = ragged.tensors().leaves.tolist()
+    z = torch.zeros(1, len(leaves))
+    z[0, leaves.index(ragged.index("c"))] = 9.0  # a level-1 leaf: not a level-3 answer
+    z[0, leaves.index(ragged.index("z"))] = 4.0
+    got = decode(ragged, HeadOutput(x, z, []), "paper").nodes.tolist()
+    assert got == [[ragged.index("b"), ragged.index("a2"), ragged.index("z")]]
+
+
+@pytest.mark.parametrize("score_kind", ["states", "level_logits"])
+def test_paper_decoder_without_leaf_logits_names_decoder_and_head_kind(balanced, score_kind):
+    from hmc.models import HeadOutput
+
+    x = _scores(balanced, score_kind, 1)
+    kw = {"probabilities": "states"} if score_kind == "states" else {}
+    for output in (HeadOutput(x, None, []), x):
+        with pytest.raises(ValueError, match=rf"decoder 'paper'.*'{score_kind}' head"):
+            decode(balanced, output, "paper", score_kind=score_kind, **kw)
