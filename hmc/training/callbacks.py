@@ -5,7 +5,8 @@
 - :class:`LoggerSaveConfigCallback`: LightningCLI's resolved config to every logger.
 
 Checkpointing is Lightning's own ``ModelCheckpoint``: ``hmc fit`` configures it under the
-``checkpoint:`` key (``configs/base.yaml``). The W&B callbacks live in :mod:`hmc.training.wandb`.
+``checkpoint:`` key (``configs/base.yaml``). The W&B callbacks live in
+:mod:`hmc.training.wandb_callbacks`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The callbacks of hmc.training.callbacks and hmc.training.wandb on tiny real HMCModule runs: with
-an offline W&B run (checked through the run object and the run's media files), with CSVLogger,
-and with no logger. One test per callback."""
+"""hmc.training.callbacks and hmc.training.wandb_callbacks on tiny real HMCModule runs: with an
+offline W&B run (checked through the run's summary, config and media files), with CSVLogger, and
+with no logger. One test per callback."""
 
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ from hmc.training.callbacks import (
     run_dir,
 )
 from hmc.training.module import HMCModule
-from hmc.training.wandb import (
+from hmc.training.wandb import WandbLogger
+from hmc.training.wandb_callbacks import (
     LogConfusionMatrices,
     LogHierarchy,
     LogPredictionSamples,
     LogSummary,
-    WandbLogger,
     fixed_batch,
 )
 
