@@ -78,6 +78,14 @@ def test_one_forward_pass_serves_every_level():
     assert len(calls) == 1
 
 
+def test_a_frozen_backbone_still_has_maps():
+    torch.manual_seed(0)
+    model = build_model(toy(), "test_efficientnet", "flat", freeze="all").eval()
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    e = explain(model, torch.randn(2, 3, 64, 64))
+    assert e.maps.amax((2, 3)).gt(0).any()  # gradients reach the layer (ReLU may zero some)
+
+
 def test_levels_by_name_or_number_and_a_given_node():
     model = tiny("flat")
     h = model.hierarchy
