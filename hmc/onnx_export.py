@@ -102,7 +102,8 @@ class _Deployed(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # Predictor.__call__ runs in inference mode, whose tensors torch.export cannot trace.
-        call = type(self.predictor).__call__.__wrapped__
+        call = type(self.predictor).__call__
+        call = getattr(call, "__wrapped__", call)
         d = call(self.predictor, images, self.decoder, self.decoder_kwargs)
         return d.nodes, d.probs, d.node_probs  # [B, D], [B, D], [B, N]
 
