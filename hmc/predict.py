@@ -2,11 +2,15 @@
 
 Plain PyTorch (no Lightning import): a checkpoint written by :class:`hmc.training.HMCModule` carries
 ``checkpoint["hmc"]`` (:data:`CHECKPOINT_FORMAT`): ``hierarchy``, ``model_config``, ``score_kind``,
-``scores``, ``decoder``, ``decoder_kwargs``, ``loss``, ``loss_kwargs`` and ``transform`` (the
-keyword arguments of :func:`hmc.data.transforms.build_transforms` for evaluation). The model, its
-label tree, the decoder with its options and the evaluation transform are rebuilt from that one
-file, loaded with ``torch.load(weights_only=True)``. ``hmc predict`` (see :mod:`hmc.cli`) is built
-on this.
+``scores``, ``probabilities`` (the HRN probability model, :data:`hmc.decoding.PROBABILITIES`;
+None for other heads), ``calibration`` (:meth:`hmc.calibration.Calibration.to_dict`, or None),
+``decoder``, ``decoder_kwargs``, ``loss``, ``loss_kwargs`` and ``transform`` (the keyword
+arguments of :func:`hmc.data.transforms.build_transforms` for evaluation). The model, its label
+tree, the probability model and its temperatures, the decoder with its options and the
+evaluation transform are rebuilt from that one file, loaded with ``torch.load(weights_only=True)``.
+Checkpoints of format ``hmc-checkpoint/2`` (before the probability model and calibration) load
+with ``probabilities="states"`` (what they were evaluated with) and no calibration.
+``hmc predict`` (see :mod:`hmc.cli`) is built on this.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hmc.calibration import Calibration
 from hmc.checks import check_choice
 from hmc.data import list_images  # the one image lister (HMCDataModule(predict_paths) uses it)
-from hmc.decoding import SCORES, Decoded, check_decoder, decode
+from hmc.decoding import SCORES, Decoded, check_decoder, decode, resolve_probabilities
 from hmc.hierarchy import Hierarchy, HierarchyError
 
 __all__ = [
@@ -40,7 +45,11 @@ __all__ = [
 ]
 
 CHECKPOINT_KEY = "hmc"
-CHECKPOINT_FORMAT = "hmc-checkpoint/2"
+CHECKPOINT_FORMAT = "hmc-checkpoint/3"
+# Older formats read with defaults for the keys they lack.
+_UPGRADES: dict[str, dict[str, Any]] = {
+    "hmc-checkpoint/2": {"probabilities": "states", "calibration": None},
+}
 
 
 class HierarchyMismatchError(HierarchyError):
@@ -76,12 +85,21 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{str(path)!r} is not an hmc checkpoint: it has no {CHECKPOINT_KEY!r} entry "
             "(write checkpoints with hmc.training.HMCModule, e.g. `hmc fit`)"
         )
-    fmt = ckpt[CHECKPOINT_KEY].get("format")
-    if fmt != CHECKPOINT_FORMAT:
+    meta = ckpt[CHECKPOINT_KEY]
+    fmt = meta.get("format")
+    if fmt in _UPGRADES:
+        meta.update({k: v for k, v in _UPGRADES[fmt].items() if k not in meta})
+        if meta.get("score_kind") != "states":
+            meta["probabilities"] = None
+        meta["format"] = CHECKPOINT_FORMAT
+    elif fmt != CHECKPOINT_FORMAT:
         raise ValueError(
             f"checkpoint {str(path)!r} has format {fmt!r}, but this hmc reads "
-            f"{CHECKPOINT_FORMAT!r} (its decoder keys and head layout changed); retrain, or load "
-            "it with the hmc version that wrote it"
+            f"{CHECKPOINT_FORMAT!r} and 'hmc-checkpoint/2'. Format 1 used other decoder keys "
+            "and head layout, which cannot be converted automatically: load it with the hmc "
+            "version that wrote it and save the weights as a state dict, then rebuild the model "
+            "with hmc.models.build_model(hierarchy, backbone, head) and load_state_dict, or "
+            "retrain"
         )
     return ckpt
 
@@ -99,6 +117,10 @@ class Predictor:
             (e.g. ``{"threshold": 0.7}``).
         scores: ``"sigmoid"`` | ``"logits"``, how an HRN head's scores were trained (ignored
             for other score kinds).
+        probabilities: the HRN probability model (:data:`hmc.decoding.PROBABILITIES`); None =
+            :func:`hmc.decoding.resolve_probabilities`'s default. Ignored for other heads.
+        calibration: temperatures (:class:`hmc.calibration.Calibration`) the probability model
+            applies; None = uncalibrated.
         transform: image -> [3, H, W] tensor, for :meth:`predict_files`; transform_config:
             the settings it was built from (for display).
     """
@@ -110,6 +132,8 @@ class Predictor:
         decoder: str = "argmax",
         decoder_kwargs: dict[str, Any] | None = None,
         scores: str = "sigmoid",
+        probabilities: str | None = None,
+        calibration: Calibration | None = None,
         transform: Callable[[Any], Tensor] | None = None,
         transform_config: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
@@ -120,6 +144,13 @@ class Predictor:
         self.decoder_kwargs = check_decoder(decoder, decoder_kwargs)
         self.scores = scores
         self.score_kind = str(model.head.score_kind)
+        has_leaf = getattr(model.head, "leaf_classifier", None) is not None
+        self.probabilities: str | None = None
+        if self.score_kind == "states":
+            self.probabilities = resolve_probabilities(
+                _LeafFlag(has_leaf), self.score_kind, probabilities
+            )
+        self.calibration = calibration or Calibration()
         self.transform = transform
         self.transform_config = dict(transform_config or {})
         self.device = torch.device(device)
@@ -128,6 +159,11 @@ class Predictor:
     @property
     def hierarchy(self) -> Hierarchy:
         return self.model.hierarchy
+
+    @property
+    def temperatures(self) -> dict[str, float]:
+        """The calibration temperatures by head output name (empty = uncalibrated)."""
+        return dict(self.calibration.temperatures)
 
     def to(self, device: str | torch.device) -> Predictor:
         self.device = torch.device(device)
@@ -155,6 +191,8 @@ class Predictor:
             decoder,
             score_kind=self.score_kind,
             scores=self.scores,
+            probabilities=self.probabilities,
+            temperatures=self.calibration.temperatures,
             **options,
         )
 
@@ -209,9 +247,17 @@ class Predictor:
     def __repr__(self) -> str:
         return (
             f"Predictor({self.hierarchy!r}, backbone={self.model.config.get('backbone')!r}, "
-            f"head={self.model.config.get('head')!r}, decoder={self.decoder!r}, "
+            f"head={self.model.config.get('head')!r}, probabilities={self.probabilities!r}, "
+            f"calibration={self.calibration.temperatures}, decoder={self.decoder!r}, "
             f"decoder_kwargs={self.decoder_kwargs}, transform={self.transform_config})"
         )
+
+
+class _LeafFlag:
+    """Stands for a head output with or without leaf logits (resolve_probabilities' default)."""
+
+    def __init__(self, has_leaf: bool) -> None:
+        self.leaf_logits = True if has_leaf else None
 
 
 def load_model(
@@ -228,7 +274,8 @@ def load_model(
         checkpoint: a ``.ckpt`` written by ``hmc fit`` / :class:`hmc.training.HMCModule`.
         hierarchy: optional; if given it must be the checkpoint's own hierarchy (same
             fingerprint), else :class:`HierarchyMismatchError`.
-        device: where to run the model.
+        device: where to run the model. The probability model (``probabilities``) and the
+            calibration temperatures are the checkpoint's.
         decoder: override the checkpoint's decoder. decoder_kwargs: its options; by default
             the checkpoint's own options when ``decoder`` is the checkpoint's decoder (e.g. a
             threshold model keeps its threshold), else the decoder's defaults.
@@ -256,6 +303,8 @@ def load_model(
         decoder=decoder,
         decoder_kwargs=decoder_kwargs,
         scores=meta["scores"],
+        probabilities=meta["probabilities"],
+        calibration=Calibration.from_dict(meta["calibration"]),
         transform=_build_eval_transform(tcfg),
         transform_config=tcfg,
         device=device,

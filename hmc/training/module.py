@@ -25,13 +25,20 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from hmc.calibration import Calibration, fit_calibration
 from hmc.checks import check_choice
-from hmc.decoding import SCORES, check_decoder
+from hmc.decoding import (
+    DEFAULT_PROBABILITIES,
+    PROBABILITIES,
+    SCORES,
+    check_decoder,
+    node_log_probabilities,
+)
 from hmc.decoding import decode as decode_output
 from hmc.hierarchy import Hierarchy
 from hmc.losses import build_loss
 from hmc.metrics import HierarchicalMetrics, LevelConfusion
-from hmc.models import build_model
+from hmc.models import HeadOutput, build_model
 from hmc.predict import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_KEY,
@@ -77,6 +84,17 @@ class HMCModule(pl.LightningModule):
         scores: ``"sigmoid"`` (the paper; default) or ``"logits"``: how an HRN (``"states"``)
             head's scores enter the combinatorial loss and the decoder; stored in checkpoints.
             For other heads it must be left unset (a ValueError says so).
+        probabilities: how an HRN head's output becomes node probabilities
+            (:data:`hmc.decoding.PROBABILITIES`: ``"states"``, ``"leafhead"``, ``"product"``);
+            default ``"product"`` (``"states"`` for an HRN head without its leaf head); every
+            decoder, metric and ``hmc predict`` uses it; stored in checkpoints. For other heads
+            it must be left unset.
+        calibrate: after each validation epoch, fit temperatures of the probability model on
+            the validation outputs (:func:`hmc.calibration.fit_calibration`, the NLL of the
+            validation labels; every process fits on the gathered outputs, so identically); the
+            validation metrics of that epoch, the test and predict steps, checkpoints and
+            :func:`hmc.load_model` then use the calibrated probabilities. The validation metrics
+            are then measured on the split the temperatures were fitted on.
         decoder: evaluation decoding, one of :data:`hmc.decoding.DECODERS`.
         decoder_kwargs: its options, e.g. ``{"threshold": 0.7}``; stored in checkpoints, so
             :func:`hmc.load_model` decodes as evaluation did.
@@ -105,6 +123,8 @@ class HMCModule(pl.LightningModule):
         loss: str | None = None,
         loss_kwargs: dict[str, Any] | None = None,
         scores: str | None = None,
+        probabilities: str | None = None,
+        calibrate: bool = False,
         decoder: str = "argmax",
         decoder_kwargs: dict[str, Any] | None = None,
         metrics_kwargs: dict[str, Any] | None = None,
@@ -155,6 +175,34 @@ class HMCModule(pl.LightningModule):
             )
         self.scores: str = scores or "sigmoid"
         check_choice("scores", self.scores, SCORES)
+        if probabilities is not None and self.score_kind != "states":
+            raise ValueError(
+                f"`probabilities` chooses an HRN (score kind 'states') probability model, but "
+                f"head {head!r} gives {self.score_kind!r}; leave `probabilities` unset"
+            )
+        self.probabilities: str | None = None
+        has_leaf = self.score_kind == "leaf_log_probs" or (
+            getattr(self.model.head, "leaf_classifier", None) is not None
+        )
+        if self.hparams.decoder == "paper" and not has_leaf:
+            raise ValueError(
+                "decoder 'paper' needs the head's leaf logits (HeadOutput.leaf_logits), but the "
+                f"output of this {self.score_kind!r} head ({head!r}) has none; use another "
+                "decoder, e.g. 'argmax'"
+            )
+        if self.score_kind == "states":
+            default = DEFAULT_PROBABILITIES if has_leaf else "states"
+            self.probabilities = probabilities or default
+            check_choice("probabilities", self.probabilities, PROBABILITIES)
+            if self.probabilities != "states" and not has_leaf:
+                raise ValueError(
+                    f"`probabilities={self.probabilities!r}` reads the HRN leaf head, but this "
+                    "head has none (head_kwargs leaf_classifier=False); use 'states'"
+                )
+        if not isinstance(calibrate, bool):
+            raise TypeError(f"Expected argument `calibrate` to be a bool, but got {calibrate!r}")
+        self.calibration = Calibration()
+        self._val_outputs: list[tuple[Tensor, Tensor | None, Tensor]] = []
         loss_options = dict(loss_kwargs or {})
         if self.score_kind == "states":
             loss_options["scores"] = self.scores
@@ -201,15 +249,30 @@ class HMCModule(pl.LightningModule):
             self.hparams.decoder,
             score_kind=self.score_kind,
             scores=self.scores,
+            probabilities=self.probabilities,
+            temperatures=self.calibration.temperatures,
             **self.decoder_kwargs,
+        )
+
+    def node_log_probs(self, output: Any, temperatures: dict[str, Any] | None = None) -> Tensor:
+        """[B, N] log node probabilities of a head output under the module's probability model
+        (``temperatures`` default: the module's calibration)."""
+        temps = self.calibration.temperatures if temperatures is None else temperatures
+        return node_log_probabilities(
+            self.hierarchy, output, self.score_kind, self.scores, self.probabilities, temps
         )
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         images, targets = batch
         out = self._forward_batch(images) if stage == "val" else self.model(images)
         loss = self.loss_fn(out.node_scores, targets, leaf_logits=out.leaf_logits)
-        decoded = self.decode(out)
-        self._metrics(stage).update(decoded.node_probs, targets, decoded.nodes)
+        if stage == "val" and self.hparams.calibrate:
+            # Decoded at the epoch end, with the temperatures fitted on the whole split.
+            z = None if out.leaf_logits is None else out.leaf_logits.detach()
+            self._val_outputs.append((out.node_scores.detach(), z, targets))
+        else:
+            decoded = self.decode(out)
+            self._metrics(stage).update(decoded.node_probs, targets, decoded.nodes)
         self.log(
             f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True,
             batch_size=targets.shape[0],
@@ -233,11 +296,37 @@ class HMCModule(pl.LightningModule):
     def _metrics(self, stage: str) -> HierarchicalMetrics:
         return self.val_metrics if stage == "val" else self.test_metrics
 
+    def _calibrate(self) -> None:
+        """Fit the temperatures on this epoch's validation outputs (gathered from every
+        process, so every process fits the same ones), then decode and score them."""
+        parts, self._val_outputs = self._val_outputs, []
+        if not parts:
+            return
+        x = torch.cat([p[0] for p in parts])
+        z = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
+        t = torch.cat([p[2] for p in parts])
+        local = HeadOutput(x, z, [])
+        if self.trainer.world_size > 1:
+            flat = [g.flatten(0, 1) for g in self.all_gather((x, t) if z is None else (x, t, z))]
+            gathered, t_all = HeadOutput(flat[0], flat[2] if z is not None else None, []), flat[1]
+        else:
+            gathered, t_all = local, t
+        self.calibration = fit_calibration(self.node_log_probs, _to_cpu(gathered), t_all.cpu())
+        decoded = self.decode(local)
+        self.val_metrics.update(decoded.node_probs, t, decoded.nodes)
+        self.log_dict(
+            {f"calibration/{k}": float(v) for k, v in self.calibration.temperatures.items()},
+            batch_size=1,
+        )
+
     def _epoch_end(self, stage: str) -> None:
         metrics = self._metrics(stage)
         if self.trainer.sanity_checking:
+            self._val_outputs = []
             metrics.reset()
             return
+        if stage == "val" and self.hparams.calibrate:
+            self._calibrate()
         values = metrics.compute()  # names already carry the "val/" / "test/" prefix
         # compute() already synced across processes; sync_dist averages identical values.
         self.log_dict(values, sync_dist=True)
@@ -337,6 +426,8 @@ class HMCModule(pl.LightningModule):
             "model_config": self.model.config,
             "score_kind": self.score_kind,
             "scores": self.scores,
+            "probabilities": self.probabilities,
+            "calibration": self.calibration.to_dict() if self.calibration.temperatures else None,
             "decoder": self.hparams.decoder,
             "decoder_kwargs": _plain(self.decoder_kwargs),
             "loss": self.loss_name,
@@ -351,6 +442,7 @@ class HMCModule(pl.LightningModule):
                 "the checkpoint has no 'hmc' entry; it was not written by hmc.training.HMCModule"
             )
         check_hierarchy(Hierarchy.from_dict(meta["hierarchy"]), self.hierarchy, "the checkpoint")
+        self.calibration = Calibration.from_dict(meta.get("calibration"))
 
     def _eval_transform_config(self) -> dict[str, Any]:
         """The data module's evaluation transform (``build_transforms`` keywords, from its
@@ -371,8 +463,10 @@ class HMCModule(pl.LightningModule):
     ) -> HMCModule:
         """Lightning's loader, with the hierarchy taken from the checkpoint (or checked
         against it when given)."""
-        meta = read_checkpoint(checkpoint_path)[CHECKPOINT_KEY]
+        meta = read_checkpoint(checkpoint_path)[CHECKPOINT_KEY]  # older formats upgraded
         stored = Hierarchy.from_dict(meta["hierarchy"])
+        if meta.get("probabilities") is not None:  # a format-2 checkpoint: "states"
+            kwargs.setdefault("probabilities", meta["probabilities"])
         if hierarchy is not None:
             check_hierarchy(
                 stored, resolve_hierarchy(hierarchy), f"checkpoint {str(checkpoint_path)!r}"
@@ -385,6 +479,11 @@ class HMCModule(pl.LightningModule):
             hierarchy=stored,
             **kwargs,
         )
+
+
+def _to_cpu(output: HeadOutput) -> HeadOutput:
+    z = None if output.leaf_logits is None else output.leaf_logits.float().cpu()
+    return HeadOutput(output.node_scores.float().cpu(), z, [])
 
 
 def _plain(value: Any) -> Any:

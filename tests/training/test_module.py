@@ -15,8 +15,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from hmc import Hierarchy
+from hmc.calibration import Calibration
 from hmc.decoding import decode
 from hmc.losses import HRNLoss, LeafMarginalLoss, PerLevelCrossEntropy
+from hmc.models import HeadOutput
 from hmc.predict import HierarchyMismatchError, Predictor, load_model
 from hmc.training import HMCModule, ResultsTable, format_results
 
@@ -106,9 +108,10 @@ def test_default_loss_and_decoder_follow_the_head(head, loss_cls, kind):
     assert isinstance(m.loss_fn, loss_cls)
     assert m.score_kind == kind == m.model.head.score_kind
     out = m(torch.randn(3, 3, 16, 16))
-    dec = m.decode(out.node_scores)
-    ref = decode(m.hierarchy, out.node_scores, "argmax", score_kind=kind)
+    dec = m.decode(out)  # the whole head output (HRN: the leaf head too)
+    ref = decode(m.hierarchy, out, "argmax", score_kind=kind)
     torch.testing.assert_close(dec.nodes, ref.nodes)
+    assert m.probabilities == ("product" if head == "hrn" else None)
 
 
 def test_bad_choices_name_the_argument():
@@ -194,13 +197,14 @@ def test_checkpoint_is_weights_only_and_carries_its_hierarchy(tmp_path):
     assert Hierarchy.from_dict(meta["hierarchy"]) == h
     assert meta["fingerprint"] == h.fingerprint()
     assert meta["model_config"]["backbone"] == "test_resnet"
-    assert meta["format"] == "hmc-checkpoint/2"
+    assert meta["format"] == "hmc-checkpoint/3"
     assert (meta["decoder"], meta["decoder_kwargs"], meta["score_kind"], meta["scores"]) == (
         "argmax",
         {},
         "states",
         "sigmoid",
     )
+    assert (meta["probabilities"], meta["calibration"]) == ("product", None)
     assert "hierarchy" not in ckpt["hyper_parameters"]
     json.dumps(ckpt["hyper_parameters"])  # plain values only
 
@@ -221,7 +225,7 @@ def test_load_model_returns_a_ready_predictor(tmp_path):
     images = torch.randn(4, 3, 16, 16)
     m.eval()
     with torch.no_grad():
-        expected = m.decode(m(images).node_scores)
+        expected = m.decode(m(images))
     got = p(images)
     torch.testing.assert_close(got.nodes, expected.nodes)
     torch.testing.assert_close(got.probs, expected.probs)
@@ -376,7 +380,7 @@ def test_logit_scores_reach_both_the_loss_and_the_decoder(tmp_path):
     h = toy()
     m = module(h, scores="logits")
     assert m.loss_fn.combinatorial.scores == "logits"
-    x = torch.randn(4, h.num_nodes) * 5
+    x = HeadOutput(torch.randn(4, h.num_nodes) * 5, torch.randn(4, len(h.leaves)), [])
     torch.testing.assert_close(
         m.decode(x).node_probs, decode(h, x, m.hparams.decoder, scores="logits").node_probs
     )
@@ -429,3 +433,105 @@ def test_bad_decoder_options_fail_at_construction():
     with pytest.raises(ValueError, match=r"`decoder_kwargs` of decoder 'argmax'"):
         module(decoder="argmax", decoder_kwargs={"threshold": 0.7})
     assert module(decoder="threshold").decoder_kwargs == {"threshold": 0.5}
+
+
+# ------------------------------------------ probability model, calibration, old checkpoints
+def test_probabilities_is_an_hrn_argument_with_a_leaf_head_default():
+    with pytest.raises(ValueError, match=r"`probabilities` chooses an HRN .* head 'flat'"):
+        module(head="flat", probabilities="product")
+    with pytest.raises(ValueError, match=r"Expected argument `probabilities` to be one of"):
+        module(probabilities="softmax")
+    no_leaf = dict(TINY_HEAD, leaf_classifier=False)
+    assert module(head_kwargs=no_leaf, loss_kwargs={"leaf_weight": 0}).probabilities == "states"
+    with pytest.raises(ValueError, match="reads the HRN leaf head"):
+        module(head_kwargs=no_leaf, loss_kwargs={"leaf_weight": 0}, probabilities="leafhead")
+    with pytest.raises(ValueError, match=r"decoder 'paper' needs .* 'level_logits' head"):
+        module(head="flat", decoder="paper")
+    with pytest.raises(TypeError, match="`calibrate` to be a bool"):
+        module(calibrate="yes")
+
+
+@pytest.mark.parametrize("probabilities", ["states", "leafhead", "product"])
+def test_calibration_round_trips_through_the_checkpoint(tmp_path, probabilities):
+    """A calibrated module: the temperatures are fitted on the validation split, stored, and
+    load_model / load_from_checkpoint predict the same calibrated probabilities."""
+    h = toy()
+    m, ckpt_path = fit_checkpoint(
+        tmp_path, h, calibrate=True, probabilities=probabilities, decoder="marginal"
+    )
+    temps = m.calibration.temperatures
+    used = {"states": ["node_scores"], "leafhead": ["leaf_logits"]}.get(probabilities)
+    assert set(temps) == {"node_scores", "leaf_logits"}
+    assert any(temps[f] != 1.0 for f in used or temps), temps  # a real fit, not identity
+    meta = torch.load(ckpt_path, weights_only=True)["hmc"]
+    assert Calibration.from_dict(meta["calibration"]) == m.calibration
+    assert meta["probabilities"] == probabilities
+    p = load_model(ckpt_path)
+    assert p.calibration == m.calibration and p.probabilities == probabilities
+    images = torch.randn(8, 3, 16, 16)
+    m.eval()
+    with torch.no_grad():
+        out = m(images)
+    got, want = p(images), m.decode(out)
+    torch.testing.assert_close(got.node_probs, want.node_probs)
+    torch.testing.assert_close(got.nodes, want.nodes)
+    raw = decode(h, out, "marginal", probabilities=probabilities).node_probs
+    assert not torch.allclose(got.node_probs, raw)  # the temperatures are applied
+    again = HMCModule.load_from_checkpoint(ckpt_path)
+    assert again.calibration == m.calibration
+    torch.testing.assert_close(again.eval().decode(again(images)).node_probs, want.node_probs)
+
+
+def test_paper_decoder_trains_and_validates(tmp_path):
+    h = toy()
+    m, ckpt_path = fit_checkpoint(tmp_path, h, decoder="paper")
+    assert "val/acc/fine" in m.last_metrics
+    images = torch.randn(4, 3, 16, 16)
+    m.eval()
+    with torch.no_grad():
+        out = m(images)
+    want = decode(h, out, "paper").nodes
+    torch.testing.assert_close(load_model(ckpt_path)(images).nodes, want)
+    torch.testing.assert_close(m.predict_step(images, 0)["nodes"], want)
+
+
+def _rewrite(src, dst, **changes):
+    ckpt = torch.load(src, weights_only=True)
+    meta = ckpt["hmc"]
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    for key in ("probabilities", "calibrate"):
+        ckpt["hyper_parameters"].pop(key, None)
+    torch.save(ckpt, dst)
+    return dst
+
+
+def test_a_format_2_checkpoint_loads_with_the_states_model_and_no_calibration(tmp_path):
+    h = toy()
+    m, ckpt_path = fit_checkpoint(tmp_path, h, calibrate=True)
+    old = _rewrite(
+        ckpt_path, tmp_path / "old.ckpt",
+        format="hmc-checkpoint/2", probabilities=None, calibration=None,
+    )  # fmt: skip
+    p = load_model(old)
+    assert (p.probabilities, p.calibration) == ("states", Calibration())
+    images = torch.randn(4, 3, 16, 16)
+    m.eval()
+    with torch.no_grad():
+        out = m(images)
+    want = decode(h, out, "argmax", probabilities="states")
+    torch.testing.assert_close(p(images).node_probs, want.node_probs)
+    again = HMCModule.load_from_checkpoint(old)
+    assert again.probabilities == "states" and again.calibration == Calibration()
+
+
+def test_a_format_1_checkpoint_fails_saying_how_to_convert_it(tmp_path):
+    _, ckpt_path = fit_checkpoint(tmp_path)
+    old = _rewrite(ckpt_path, tmp_path / "v1.ckpt", format="hmc-checkpoint/1")
+    with pytest.raises(ValueError, match=r"'hmc-checkpoint/1'.*build_model.*load_state_dict"):
+        load_model(old)
+    with pytest.raises(ValueError, match=r"'hmc-checkpoint/1'"):
+        HMCModule.load_from_checkpoint(old)
