@@ -53,8 +53,17 @@ def _get(path: str):
 
 SHAPES = {
     # decoding
-    "hmc.decoding.decode": "hierarchy, output, decoder, *, score_kind, scores, **decoder_kwargs",
-    "hmc.decoding.node_probabilities": "hierarchy, output, score_kind, scores",
+    "hmc.decoding.decode": (
+        "hierarchy, output, decoder, *, score_kind, scores, probabilities, temperatures, "
+        "**decoder_kwargs"
+    ),
+    "hmc.decoding.node_probabilities": (
+        "hierarchy, output, score_kind, scores, probabilities, temperatures"
+    ),
+    "hmc.decoding.node_log_probabilities": (
+        "hierarchy, output, score_kind, scores, probabilities, temperatures"
+    ),
+    "hmc.calibration.fit_calibration": "node_log_probs, output, targets, fields, max_iter",
     "hmc.decoding.node_marginals": "hierarchy, output, scores",
     "hmc.decoding.check_decoder": "decoder, decoder_kwargs",
     # losses
@@ -62,7 +71,7 @@ SHAPES = {
     "hmc.losses.sigmoid_loss_floor": "hierarchy, targets",
     "hmc.losses.CombinatorialLoss": "hierarchy, scores, reduction, ignore_index",
     "hmc.losses.HRNLoss": (
-        "hierarchy, scores, combinatorial_weight, leaf_weight, reduction, ignore_index"
+        "hierarchy, scores, combinatorial_weight, leaf_weight, reduction, ignore_index, leaf_loss"
     ),
     "hmc.losses.PerLevelCrossEntropy": "hierarchy, reduction, ignore_index",
     "hmc.losses.LeafMarginalLoss": "hierarchy, reduction, ignore_index",
@@ -89,7 +98,8 @@ SHAPES = {
     # predict
     "hmc.predict.load_model": "checkpoint, *, hierarchy, device, decoder, decoder_kwargs",
     "hmc.predict.Predictor": (
-        "model, *, decoder, decoder_kwargs, scores, transform, transform_config, device"
+        "model, *, decoder, decoder_kwargs, scores, probabilities, calibration, transform, "
+        "transform_config, device"
     ),
     "hmc.predict.Predictor:__call__": "images, decoder, decoder_kwargs",
     "hmc.predict.Predictor:predict_files": "paths, batch_size, decoder, decoder_kwargs",
@@ -111,8 +121,8 @@ def test_the_lightning_module_speaks_the_vocabulary():
     assert names[:3] == ["hierarchy", "backbone", "head"]
     assert {
         "pretrained", "checkpoint_path", "pretrained_cfg_overlay", "freeze", "head_only_epochs",
-        "head_kwargs", "loss", "loss_kwargs", "scores", "decoder", "decoder_kwargs",
-        "metrics_kwargs",
+        "head_kwargs", "loss", "loss_kwargs", "scores", "probabilities", "calibrate", "decoder",
+        "decoder_kwargs", "metrics_kwargs",
     } <= set(names)  # fmt: skip
     # HMCModule() and HMCDataModule() train together: the same hierarchy by default.
     module_default = inspect.signature(HMCModule).parameters["hierarchy"].default
@@ -123,7 +133,8 @@ def test_the_lightning_module_speaks_the_vocabulary():
 def test_the_decoder_names_are_one_list():
     from hmc.decoding import DECODER_OPTIONS, DECODERS
 
-    assert DECODERS == tuple(DECODER_OPTIONS) == ("argmax", "marginal", "map", "threshold")
+    expected = ("argmax", "marginal", "map", "threshold", "paper")
+    assert DECODERS == tuple(DECODER_OPTIONS) == expected
 
 
 def test_loss_names_are_head_names():
