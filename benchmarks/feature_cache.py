@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hmc.cache import CachedFeatures, cache_key, split_backbone, write_feature_cache
@@ -81,6 +82,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     # A CPU-sized HRN head: the paper's widths (mid = C/2, block = C) make the head's 3x3
     # convolutions about 3x the whole lite0 backbone's FLOPs at 7x7.
     p.add_argument(
@@ -135,7 +137,13 @@ def main() -> None:
         )
         t0 = time.perf_counter()
         folder = write_feature_cache(
-            workdir, key, frozen, lambda i: ds[i][0], len(ds), batch_size=args.batch_size
+            workdir,
+            key,
+            frozen,
+            lambda i: ds[i][0],
+            len(ds),
+            batch_size=args.batch_size,
+            dtype=np.dtype(args.dtype),
         )
         t_pass = time.perf_counter() - t0
         model.train()
@@ -189,7 +197,8 @@ def main() -> None:
     result["threads"] = args.threads
     result["load_average"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "feature_cache.json").write_text(json.dumps(result, indent=1))
+    name = "feature_cache.json" if args.dtype == "float16" else f"feature_cache_{args.dtype}.json"
+    (args.out / name).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
 
 
