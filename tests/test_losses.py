@@ -184,6 +184,23 @@ def test_hrn_loss_is_weighted_sum(ragged):
         HRNLoss(ragged)(x, t, leaf[:, :3])
 
 
+def test_hrn_loss_leaf_marginal_variant_counts_coarse_labels_through_their_leaves(ragged):
+    """leaf_loss="marginal": every labelled sample trains the leaf head, a coarse label by
+    the sum of its leaves' softmax (-log P(label)), beside the same combinatorial term."""
+    x = torch.randn(4, ragged.num_nodes)
+    leaf = torch.randn(4, len(ragged.leaves))
+    t = _col(ragged, "x", "a", "c", "b")
+    node_scores = leaf_log_marginals(ragged, leaf)
+    ref = LeafMarginalLoss(ragged, reduction="none")(node_scores, t)
+    got = HRNLoss(ragged, leaf_loss="marginal", reduction="none").parts(x, t, leaf)
+    torch.testing.assert_close(got["leaf_ce"], ref)
+    torch.testing.assert_close(
+        got["combinatorial"], CombinatorialLoss(ragged, "sigmoid", "none")(x, t)
+    )
+    with pytest.raises(ValueError, match=r"Expected argument `leaf_loss` to be one of"):
+        HRNLoss(ragged, leaf_loss="bce")
+
+
 def test_per_level_cross_entropy(ragged):
     x = torch.randn(3, ragged.num_nodes)
     t = _col(ragged, "x", "b", "c")
