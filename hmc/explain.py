@@ -76,6 +76,10 @@ class Explanation(NamedTuple):
     probs: Tensor
     levels: tuple[int, ...]
 
+    def for_image(self, i: int) -> Explanation:
+        """Image ``i``'s explanation: maps [K, H, W], nodes [K], probs [K]."""
+        return Explanation(self.maps[i], self.nodes[i], self.probs[i], self.levels)
+
 
 def _unpack(predictor_or_model: Any) -> tuple[nn.Module, Hierarchy, str, dict[str, Any], str]:
     """(model, hierarchy, decoder, decoder_kwargs, scores) of a Predictor or a
@@ -379,8 +383,7 @@ def explain_files(
         x = torch.stack(batch)
         e = explain(predictor, x, **explain_kwargs)
         for i, (f, shown) in enumerate(zip(chunk, to_display(x, predictor.transform), strict=True)):
-            one = Explanation(e.maps[i], e.nodes[i], e.probs[i], e.levels)
-            out.append((f, shown, one))
+            out.append((f, shown, e.for_image(i)))
     return out
 
 
