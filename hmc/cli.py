@@ -172,10 +172,26 @@ def _cli_class():
             # `checkpoint.dirpath` and configs/base.yaml the rest (configs merge by key).
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
 
+        def _parse_ckpt_path(self) -> None:
+            # Lightning loads an explicit --ckpt_path here and lets its hyper-parameters
+            # override the config: read it with hmc's checks first (a folder, a corrupt or
+            # non-hmc file are clear errors), and refuse a resume whose model settings differ.
+            stage = self.config.get("subcommand")
+            given = self.config[stage].get("ckpt_path") if stage else None
+            if given and given not in ("last", "best", "registry") and "://" not in str(given):
+                from hmc.predict import read_checkpoint
+
+                ckpt = read_checkpoint(given)
+                if stage == "fit":
+                    _check_resume_hparams(ckpt, self.config[stage]["model"], given)
+            super()._parse_ckpt_path()
+
         def before_fit(self) -> None:
             ckpt = self._checked_checkpoint("fit")
             if ckpt is not None:
-                _check_resume(ckpt, self.model, self.config["fit"]["ckpt_path"])
+                path = self.config["fit"]["ckpt_path"]
+                _check_resume_hparams(ckpt, self.config["fit"]["model"], path)
+                _check_resume(ckpt, self.model, path)
             folder = os.path.abspath(self.trainer.default_root_dir)
             print(f"hmc fit: writing to {folder}", file=sys.stderr)
 
@@ -225,6 +241,37 @@ def _cli_class():
             return subcommands
 
     return HMCLightningCLI
+
+
+_NOT_SETTINGS = {"hierarchy", "pretrained", "checkpoint_path", "pretrained_cfg_overlay"}
+"""Hyper-parameters a checkpoint rewrites for loading (weights are in it) or stores apart."""
+
+
+def _plain_value(value: Any) -> Any:
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain_value(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain_value(v) for v in value]
+    return value
+
+
+def _check_resume_hparams(ckpt: dict[str, Any], model: Any, path: str) -> None:
+    """A model setting in the config (``--model.*``) that differs from the checkpoint's
+    hyper-parameters is an error naming it: Lightning would silently use the checkpoint's."""
+    stored = ckpt.get("hyper_parameters") or {}
+    current = _plain_value(model)
+    differ = []
+    for key in sorted(set(stored) & set(current) - _NOT_SETTINGS):
+        a, b = _plain_value(stored[key]), current[key]
+        if a != b and not (key.endswith("_kwargs") and not a and not b):
+            differ.append(f"model.{key}: checkpoint {a!r}, config {b!r}")
+    if differ:
+        raise ValueError(
+            f"cannot resume from {str(path)!r}: the model settings differ ({'; '.join(differ)}). "
+            "A resumed run keeps its model; start a new run (without --ckpt_path) to change it"
+        )
 
 
 def _check_resume(ckpt: dict[str, Any], module: Any, path: str) -> None:
@@ -375,6 +422,12 @@ def _predict_parser() -> ArgumentParser:
     )
     parser.add_argument("--hierarchy", type=str | None, default=None, help="check it matches")
     parser.add_argument("--device", type=str, default="cpu")
+    parser.add_argument(
+        "--on_bad_image",
+        type=Literal["raise", "skip"],
+        default="raise",
+        help="skip: an unreadable image gets a row with an `error` column and empty predictions",
+    )
     _add_report_arguments(parser)
     return parser
 
@@ -395,6 +448,7 @@ def predict_main(argv: Sequence[str]) -> int:
     if cfg.model is not None:
         return _predict_onnx(cfg, paths)
     try:
+        _check_device(cfg.device)
         predictor = load_model(
             cfg.ckpt_path,
             hierarchy=cfg.hierarchy,
@@ -403,15 +457,36 @@ def predict_main(argv: Sequence[str]) -> int:
             decoder_kwargs=cfg.decoder_kwargs,
         )
         labels = _report_labels(cfg, predictor)
-        rows = predictor.predict_files(paths or list(labels), batch_size=cfg.data.batch_size)
+        rows = predictor.predict_files(
+            paths or list(labels), batch_size=cfg.data.batch_size, on_bad_image=cfg.on_bad_image
+        )
         _write_report(cfg, predictor, rows, labels)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     write_predictions(rows, cfg.output, cfg.format)
+    bad = sum(1 for r in rows if r.get("error"))
+    if bad:
+        print(
+            f"hmc predict: {bad} of {len(rows)} images could not be read (rows with an error)",
+            file=sys.stderr,
+        )
     if cfg.output not in (None, "-"):
         print(f"hmc predict: {len(rows)} images -> {cfg.output}", file=sys.stderr)
     return 0
+
+
+def _check_device(device: str) -> None:
+    """A CUDA device on a machine without one is a clear error (torch's is an assertion)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {device}: CUDA is not available on this machine (torch "
+                f"{torch.__version__}, built {'with' if torch.version.cuda else 'without'} "
+                "CUDA); use --device cpu"
+            )
 
 
 def _predict_onnx(cfg: Any, paths: list[str]) -> int:
@@ -419,6 +494,8 @@ def _predict_onnx(cfg: Any, paths: list[str]) -> int:
     from hmc.onnx_predictor import OnnxPredictor, write_predictions
 
     unsupported = [k for k in ("decoder_kwargs", "report", "labels") if cfg[k]]
+    if cfg.on_bad_image != "raise":
+        unsupported.append("on_bad_image")
     if cfg.device != "cpu" or unsupported:
         what = unsupported or [f"device {cfg.device!r}"]
         print(f"error: {what} need --ckpt_path (the ONNX predictor runs on CPU)", file=sys.stderr)
@@ -518,6 +595,7 @@ def explain_main(argv: Sequence[str]) -> int:
         return 2
     levels = [int(v) if str(v).isdigit() else v for v in cfg.levels] if cfg.levels else None
     try:
+        _check_device(cfg.device)
         predictor = load_model(cfg.ckpt_path, device=cfg.device)
         written = write_explanations(
             predictor,

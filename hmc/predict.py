@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import pickle
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -77,9 +78,26 @@ def check_hierarchy(stored: Hierarchy, given: Hierarchy, where: str) -> None:
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """``torch.load(path, weights_only=True)``, checked to be an hmc checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"checkpoint {str(path)!r} is a folder; give the .ckpt file in it (e.g. "
+            f"{str(path / 'last.ckpt')!r})"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's text suggests weights_only=False: unsafe
+        raise ValueError(
+            f"{str(path)!r} is not an hmc checkpoint: it holds Python objects that a "
+            f"weights-only load refuses ({str(err).splitlines()[0][:160]}...); hmc checkpoints "
+            "hold tensors and plain values only"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ValueError(
+            f"cannot read checkpoint {str(path)!r}: not a complete PyTorch checkpoint file "
+            f"(truncated or corrupt? {type(err).__name__}: {str(err).splitlines()[0][:120]})"
+        ) from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt:
         raise ValueError(
             f"{str(path)!r} is not an hmc checkpoint: it has no {CHECKPOINT_KEY!r} entry "
@@ -223,26 +241,55 @@ class Predictor:
         batch_size: int = 32,
         decoder: str | None = None,
         decoder_kwargs: dict[str, Any] | None = None,
+        on_bad_image: str = "raise",
     ) -> list[dict[str, Any]]:
-        """Rows (see :meth:`rows`) for image files and folders (searched recursively)."""
+        """Rows (see :meth:`rows`) for image files and folders (searched recursively), in the
+        order of the files. ``on_bad_image="skip"``: an unreadable file gets a row with empty
+        predictions and its reason in an ``error`` column (``""`` for the others); ``"raise"``:
+        OSError naming the file."""
         from PIL import Image
 
+        check_choice("on_bad_image", on_bad_image, ("raise", "skip"))
         if self.transform is None:
             raise ValueError("this Predictor has no transform; pass one to read image files")
         files = list_images(paths)
         rows: list[dict[str, Any]] = []
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
-            batch = []
-            for f in chunk:
+            batch, errors = [], {}
+            for i, f in enumerate(chunk):
                 try:
                     with Image.open(f) as img:
                         batch.append(self.transform(img.convert("RGB")))
-                except OSError as err:
-                    raise OSError(f"cannot read image {str(f)!r}: {err}") from err
-            decoded = self(torch.stack(batch), decoder, decoder_kwargs)
-            rows.extend(self.rows(decoded, [str(f) for f in chunk]))
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                    if on_bad_image == "raise":
+                        raise OSError(f"cannot read image {str(f)!r}: {err}") from err
+                    errors[i] = f"{type(err).__name__}: {err}"
+            good = [str(f) for i, f in enumerate(chunk) if i not in errors]
+            done = iter(
+                self.rows(self(torch.stack(batch), decoder, decoder_kwargs), good) if batch else []
+            )
+            for i, f in enumerate(chunk):
+                if i in errors:
+                    rows.append({"image": str(f), "error": errors[i]})
+                else:
+                    rows.append(
+                        next(done) if on_bad_image == "raise" else {**next(done), "error": ""}
+                    )
+        if errors_seen := [r for r in rows if r.get("error")]:
+            columns = next((list(r) for r in rows if not r.get("error")), self._columns())
+            for r in errors_seen:  # the same columns as a good row, empty (probabilities None)
+                error = r.pop("error")
+                r.update({k: None if k.endswith("_prob") else "" for k in columns if k not in r})
+                r["error"] = error
         return rows
+
+    def _columns(self) -> list[str]:
+        """The keys of a :meth:`rows` row, then ``error``."""
+        keys = ["image", "prediction", "prediction_name", "path"]
+        for level in self.hierarchy.level_names:
+            keys += [level, f"{level}_name", f"{level}_prob"]
+        return [*keys, "error"]
 
     def __repr__(self) -> str:
         return (

@@ -63,6 +63,12 @@ class CSVDataset(ImageFileDataset):
         start, path_i, label_i = 0, 0, 1
         if path_column in header and label_column in header:
             start, path_i, label_i = 1, header.index(path_column), header.index(label_column)
+        elif path_column in header or label_column in header:
+            missing = label_column if path_column in header else path_column
+            raise ValueError(
+                f"{csv_file}:1: header {header} has no column {missing!r}: name the columns "
+                f"'{path_column}' and '{label_column}' (or set path_column/label_column)"
+            )
         resolve = LabelResolver(h)
         paths, targets, origins = [], [], []
         for lineno, row in enumerate(rows[start:], start + 1):
@@ -75,7 +81,16 @@ class CSVDataset(ImageFileDataset):
                 )
             label = row[label_i].strip()
             origins.append(f"{csv_file}:{lineno}")
-            targets.append(resolve(label, origins[-1]) if label else IGNORE)
+            try:
+                targets.append(resolve(label, origins[-1]) if label else IGNORE)
+            except KeyError:
+                if lineno > 1:
+                    raise
+                raise ValueError(  # most likely a header naming other columns
+                    f"{csv_file}:1: neither a known header nor a row: {row!r} names no column "
+                    f"'{path_column}'/'{label_column}' and {label!r} is no node of the hierarchy; "
+                    "call the columns path and label, or set path_column/label_column"
+                ) from None
             paths.append(str(root / row[path_i].strip()))
         super().__init__(
             h,

@@ -51,8 +51,7 @@ def guess_format(path: Path) -> str:
     if suffix == ".json":
         return "json"
     if suffix in (".csv", ".tsv", ".txt"):
-        with open(path, encoding="utf-8") as f:
-            first = f.readline().strip()
+        first = _read_text(path).split("\n", 1)[0].strip()
         if first.startswith(MAGIC):
             return "tree"
         if suffix == ".txt" and "\t" not in first and "," not in first:
@@ -63,11 +62,32 @@ def guess_format(path: Path) -> str:
                 f"{', '.join(FORMATS)})"
             )
         header = [c.strip().lower() for c in _split(first, _delimiter(path, first))]
-        return "edges" if header[:2] == ["parent", "child"] else "paths"
+        if header[:2] == ["parent", "child"]:
+            return "edges"
+        if {"parent", "child"} & set(header):
+            raise HierarchyError(
+                f"{path}:1: header {header} names parent/child columns, but an edges table "
+                "must start with 'parent,child[,name]' in this order (any other header is read "
+                "as a paths table, one column per level)"
+            )
+        return "paths"
     raise HierarchyError(
         f"{path}: unknown hierarchy format {suffix or '(no extension)'!r}; "
         f"expected .tree, .csv, .tsv, .json or a NABirds folder (formats: {', '.join(FORMATS)})"
     )
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; another encoding is an error naming the line and byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise HierarchyError(
+            f"{path}:{line}: not UTF-8 (byte {data[err.start]:#04x} at offset {err.start}); "
+            "hierarchy files must be UTF-8: re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
 
 
 def read_graph(path: str | Path, format: str | None = None) -> nx.DiGraph:
@@ -173,7 +193,7 @@ def format_tree(h: Hierarchy) -> str:
 
 
 def _read_tree(path: Path) -> nx.DiGraph:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     return parse_tree(text, source=str(path))
 
 
@@ -274,7 +294,7 @@ def _split(line: str, delimiter: str) -> list[str]:
 
 
 def _rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     lines = [(i, line) for i, line in enumerate(_lines(text), 1) if line.strip()]
     lines = [(i, line) for i, line in lines if not line.startswith("#")]
     if not lines:
@@ -354,7 +374,7 @@ def _read_paths(path: Path) -> nx.DiGraph:
 
 def _read_json(path: Path) -> nx.DiGraph:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise HierarchyError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
     if not isinstance(data, dict) or "nodes" not in data:

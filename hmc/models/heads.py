@@ -73,7 +73,27 @@ def create_head(hierarchy: Hierarchy, name: str, in_features: int, **head_kwargs
     (``in_features`` = the backbone's ``num_features``, as timm names it)."""
     if name not in _HEADS:
         raise ValueError(f"Expected argument `head` to be one of {list_heads()}, but got {name!r}")
+    accepted = _options(_HEADS[name])
+    unknown = sorted(set(head_kwargs) - accepted) if accepted is not None else []
+    if unknown:
+        owners = sorted(
+            h for h in _HEADS if h != name and set(unknown) <= (_options(_HEADS[h]) or set())
+        )
+        raise ValueError(
+            f"head_kwargs {unknown} do not apply to head {name!r} (its options: "
+            f"{sorted(accepted)})" + (f"; they are options of {owners}" if owners else "")
+        )
     return _HEADS[name](hierarchy, in_features, **head_kwargs)
+
+
+def _options(cls: type) -> set[str] | None:
+    """Keyword options of a head class after (hierarchy, in_features); None: it takes any."""
+    import inspect
+
+    params = list(inspect.signature(cls).parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params[2:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def _check_hierarchy(hierarchy: object) -> Hierarchy:

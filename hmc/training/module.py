@@ -140,6 +140,13 @@ class HMCModule(pl.LightningModule):
         self.decoder_kwargs = check_decoder(decoder, decoder_kwargs)
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("scheduler", scheduler, SCHEDULERS)
+        for name, rate in (("lr", lr), ("backbone_lr", backbone_lr)):
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1e3:
+                part = "head" if name == "lr" else "backbone"
+                raise ValueError(
+                    f"Expected argument `{name}` (the {part} learning rate) to be a finite "
+                    f"number in [0, 1000), but got {rate!r}"
+                )
         if isinstance(head_only_epochs, bool) or not isinstance(head_only_epochs, int):
             raise TypeError(
                 f"Expected argument `head_only_epochs` to be an int, but got {head_only_epochs!r}"
