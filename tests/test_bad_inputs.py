@@ -444,7 +444,8 @@ API_CASES: list[tuple[str, Callable[[Env], Any], type[BaseException], str]] = [
      FileNotFoundError, "n.csv not found"),
     ("cub-missing-images-txt", missing_layout("CUB200"), FileNotFoundError, "images.txt"),
     ("nabirds-missing", missing_layout("NABirds"), FileNotFoundError, "NABirds"),
-    ("aircraft-missing", missing_layout("FGVCAircraft", "train"), FileNotFoundError, "FGVCAircraft"),
+    ("aircraft-missing", missing_layout("FGVCAircraft", "train"), FileNotFoundError,
+     "FGVCAircraft"),
     ("cars-missing", missing_layout("StanfordCars"), FileNotFoundError, "StanfordCars"),
 ]  # fmt: skip
 
