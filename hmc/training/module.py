@@ -56,6 +56,9 @@ __all__ = [
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "constant")
 STAGES = ("val", "test")
+# The evaluation decoder of an HRN head (with its leaf head) when none is given: the paper's
+# (per-level state-score argmax, leaf head at the species level), see docs/ and issue 12.
+DEFAULT_HRN_DECODER = "paper"
 
 
 class HMCModule(pl.LightningModule):
@@ -95,7 +98,8 @@ class HMCModule(pl.LightningModule):
             validation metrics of that epoch, the test and predict steps, checkpoints and
             :func:`hmc.load_model` then use the calibrated probabilities. The validation metrics
             are then measured on the split the temperatures were fitted on.
-        decoder: evaluation decoding, one of :data:`hmc.decoding.DECODERS`.
+        decoder: evaluation decoding, one of :data:`hmc.decoding.DECODERS`; default (None)
+            :data:`DEFAULT_HRN_DECODER` for an HRN head with its leaf head, else ``"argmax"``.
         decoder_kwargs: its options, e.g. ``{"threshold": 0.7}``; stored in checkpoints, so
             :func:`hmc.load_model` decodes as evaluation did.
         metrics_kwargs: options of :class:`hmc.metrics.HierarchicalMetrics`.
@@ -125,7 +129,7 @@ class HMCModule(pl.LightningModule):
         scores: str | None = None,
         probabilities: str | None = None,
         calibrate: bool = False,
-        decoder: str = "argmax",
+        decoder: str | None = None,
         decoder_kwargs: dict[str, Any] | None = None,
         metrics_kwargs: dict[str, Any] | None = None,
         optimizer: str = "sgd",
@@ -137,7 +141,8 @@ class HMCModule(pl.LightningModule):
         warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
-        self.decoder_kwargs = check_decoder(decoder, decoder_kwargs)
+        if decoder is not None:
+            check_decoder(decoder, decoder_kwargs)  # before building the model: fail fast
         check_choice("optimizer", optimizer, OPTIMIZERS)
         check_choice("scheduler", scheduler, SCHEDULERS)
         for name, rate in (("lr", lr), ("backbone_lr", backbone_lr)):
@@ -191,7 +196,11 @@ class HMCModule(pl.LightningModule):
         has_leaf = self.score_kind == "leaf_log_probs" or (
             getattr(self.model.head, "leaf_classifier", None) is not None
         )
-        if self.hparams.decoder == "paper" and not has_leaf:
+        if decoder is None:
+            decoder = DEFAULT_HRN_DECODER if self.score_kind == "states" and has_leaf else "argmax"
+        self.decoder: str = decoder
+        self.decoder_kwargs = check_decoder(decoder, decoder_kwargs)
+        if self.decoder == "paper" and not has_leaf:
             raise ValueError(
                 "decoder 'paper' needs the head's leaf logits (HeadOutput.leaf_logits), but the "
                 f"output of this {self.score_kind!r} head ({head!r}) has none; use another "
@@ -253,7 +262,7 @@ class HMCModule(pl.LightningModule):
         return decode_output(
             self.hierarchy,
             output,
-            self.hparams.decoder,
+            self.decoder,
             score_kind=self.score_kind,
             scores=self.scores,
             probabilities=self.probabilities,
@@ -435,7 +444,7 @@ class HMCModule(pl.LightningModule):
             "scores": self.scores,
             "probabilities": self.probabilities,
             "calibration": self.calibration.to_dict() if self.calibration.temperatures else None,
-            "decoder": self.hparams.decoder,
+            "decoder": self.decoder,
             "decoder_kwargs": _plain(self.decoder_kwargs),
             "loss": self.loss_name,
             "loss_kwargs": _plain(dict(self.hparams.loss_kwargs or {})),

@@ -109,7 +109,8 @@ def test_default_loss_and_decoder_follow_the_head(head, loss_cls, kind):
     assert m.score_kind == kind == m.model.head.score_kind
     out = m(torch.randn(3, 3, 16, 16))
     dec = m.decode(out)  # the whole head output (HRN: the leaf head too)
-    ref = decode(m.hierarchy, out, "argmax", score_kind=kind)
+    assert m.decoder == ("paper" if head == "hrn" else "argmax")
+    ref = decode(m.hierarchy, out, m.decoder, score_kind=kind)
     torch.testing.assert_close(dec.nodes, ref.nodes)
     assert m.probabilities == ("product" if head == "hrn" else None)
 
@@ -199,7 +200,7 @@ def test_checkpoint_is_weights_only_and_carries_its_hierarchy(tmp_path):
     assert meta["model_config"]["backbone"] == "test_resnet"
     assert meta["format"] == "hmc-checkpoint/3"
     assert (meta["decoder"], meta["decoder_kwargs"], meta["score_kind"], meta["scores"]) == (
-        "argmax",
+        "paper",  # the HRN default
         {},
         "states",
         "sigmoid",
@@ -382,7 +383,7 @@ def test_logit_scores_reach_both_the_loss_and_the_decoder(tmp_path):
     assert m.loss_fn.combinatorial.scores == "logits"
     x = HeadOutput(torch.randn(4, h.num_nodes) * 5, torch.randn(4, len(h.leaves)), [])
     torch.testing.assert_close(
-        m.decode(x).node_probs, decode(h, x, m.hparams.decoder, scores="logits").node_probs
+        m.decode(x).node_probs, decode(h, x, m.decoder, scores="logits").node_probs
     )
     assert not torch.allclose(m.decode(x).node_probs, decode(h, x, scores="sigmoid").node_probs)
     t = trainer(tmp_path)
