@@ -3,17 +3,29 @@
 Score kinds (``score_kind`` of a head, :data:`SCORE_KINDS`):
 
 - ``"states"``: HRN scores of the combinatorial state distribution (``scores="sigmoid"`` applies
-  a sigmoid first, as the paper does). P(v) is the marginal probability that v lies on the
-  state's path (:func:`node_marginals`).
+  a sigmoid first, as the paper does), plus the leaf head's ``leaf_logits``. P(v) comes from
+  one of the probability models :data:`PROBABILITIES` (``probabilities=``): ``"states"``, the
+  state distribution's node marginals (:func:`node_marginals`); ``"leafhead"``, the leaf
+  head's softmax summed up the tree; ``"product"`` (:data:`DEFAULT_PROBABILITIES`), the two
+  combined, P(leaf) proportional to the leaf head's probability times the state
+  distribution's probability of the leaf's complete path. Why "product" by default: in
+  ``benchmarks/relabel_study.py`` it is the most accurate HRN model with consistent decoding,
+  while "states" with sigmoid scores cannot express confidence (a 200-species tree caps a
+  species near 7 %) and is the least accurate.
 - ``"level_logits"``: one softmax per level; P(v) is v's softmax probability in its level.
 - ``"leaf_log_probs"``: node_scores are already log P(v) (the LeafHead marginalises its leaf
   softmax, :func:`hmc.models.leaf_log_marginals`).
 
+Calibration temperatures (``temperatures={"node_scores": T, "leaf_logits": T}``, fitted by
+:mod:`hmc.calibration`) divide the leaf logits and the (post-sigmoid) state scores, or the
+level logits, inside the probability model.
+
 Decoders (:data:`DECODERS`) turn a head's output into :class:`Decoded`: one column per level
 (-1 below an early stop), the probability of each chosen node, and the [B, N] node
-probabilities. Every entry point takes the head's output (a :class:`hmc.models.HeadOutput`, or
-its ``node_scores`` tensor alone), so a decoder that needs more than the node scores (e.g. the
-leaf logits) can be added without changing a caller.
+probabilities. Every entry point takes the head's whole output (a
+:class:`hmc.models.HeadOutput`); a bare ``node_scores`` tensor works only where the leaf logits
+are not needed (the "paper" decoder and the "leafhead" / "product" models raise a ValueError
+naming themselves and the score kind).
 """
 
 from __future__ import annotations
@@ -231,7 +243,8 @@ def node_probabilities(
     probabilities: str | None = None,
     temperatures: Mapping[str, Any] | None = None,
 ) -> Tensor:
-    """[B, N] probability of each node for a head of ``score_kind`` (module docstring).
+    """[B, N] probability of each node for a head of ``score_kind`` (module docstring);
+    ``probabilities=None`` is :func:`resolve_probabilities`'s default.
 
     "level_logits": a softmax per level (of node_scores / T). "leaf_log_probs":
     ``exp(node_scores)``, or with a ``leaf_logits`` temperature the leaf softmax of
