@@ -217,3 +217,41 @@ def test_predict_decoder_and_its_options_reach_the_predictor(tmp_path, capsys):
     assert all(r["path"].count(" > ") == 1 for r in argmax)  # argmax names every level
     code = run_main(["predict", "--ckpt_path", str(ckpt), str(images), "--decoder", "beam"])
     assert code == 1 and "Expected argument `decoder` to be one of" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- top level and startup
+def test_help_lists_every_command_and_version(capsys):
+    from hmc import __version__
+    from hmc.cli import COMMANDS
+
+    assert run_main(["--help"]) == 0
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert all(name in usage for name in ("fit", "validate", "test", "predict", "hierarchy",
+                                          "export", "explain"))  # fmt: skip
+    assert "{" + "|".join(COMMANDS) + "}" in usage
+    assert run_main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"hmc {__version__}"
+    assert run_main(["expalin"]) == 2
+    assert "Did you mean 'explain'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], ["hierarchy", "validate", "HIER"], ["hierarchy", "--help"]]
+)
+def test_help_and_hierarchy_import_neither_lightning_nor_timm(tmp_path, args):
+    import subprocess
+
+    tree = tmp_path / "h.csv"
+    tree.write_text("order,species\nA,a\nB,b\n")
+    args = [str(tree) if a == "HIER" else a for a in args]
+    code = (
+        "import sys\nfrom hmc.cli import main\ntry:\n    main(sys.argv[1:])\n"
+        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "heavy = {m.split('.')[0] for m in sys.modules} & {'pytorch_lightning', 'lightning', "
+        "'lightning_fabric', 'timm', 'wandb', 'torchvision'}\n"
+        "assert not heavy, heavy\n"
+    )
+    if args[0] == "--help" or args[0] == "--version":  # not even jsonargparse or torch
+        code += "assert not {'jsonargparse', 'torch'} & set(sys.modules), 'loaded'\n"
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
