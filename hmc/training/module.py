@@ -23,6 +23,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
 from hmc.calibration import Calibration, fit_calibration
@@ -359,6 +360,13 @@ class HMCModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
+
+    def on_fit_end(self) -> None:
+        if self.hparams.calibrate and not self.calibration.temperatures:
+            rank_zero_warn(
+                "calibrate=True, but no validation epoch ran, so no temperatures were fitted: "
+                "the model's probabilities are uncalibrated (give a validation split)"
+            )
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")

@@ -536,3 +536,11 @@ def test_a_format_1_checkpoint_fails_saying_how_to_convert_it(tmp_path):
         load_model(old)
     with pytest.raises(ValueError, match=r"'hmc-checkpoint/1'"):
         HMCModule.load_from_checkpoint(old)
+
+
+def test_calibrate_without_a_validation_split_warns(tmp_path):
+    h = toy()
+    m = module(h, calibrate=True)
+    with pytest.warns(UserWarning, match="no temperatures were fitted"):
+        trainer(tmp_path, limit_val_batches=0).fit(m, loader(h))
+    assert m.calibration.temperatures == {}
