@@ -189,3 +189,27 @@ def test_cli_errors_name_the_valid_choices(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert all(m in err for m in METHODS)
     assert not list(tmp_path.glob("*.png"))
+
+
+# ----------------------------------------------------------------------------- W&B
+def test_wandb_sample_table_cams_are_one_captioned_overlay_per_level(tmp_path):
+    import wandb
+
+    from hmc.training import HMCModule
+    from hmc.training.wandb_callbacks import LogPredictionSamples, cam_images
+
+    module = HMCModule(toy(), backbone="test_efficientnet", head_kwargs=HRN_TINY)
+    module.train()
+    x = torch.randn(3, 3, 64, 64)
+    cams = cam_images(module, x)
+    assert module.training  # the module's mode is restored
+    assert len(cams) == 3 and all(len(row) == 2 for row in cams)
+    decoded = module.decode(module.eval()(x))
+    h = module.hierarchy
+    paths = zip(decoded.nodes.tolist(), decoded.probs.tolist(), strict=True)
+    for row, (nodes, probs) in zip(cams, paths, strict=True):
+        assert all(isinstance(image, wandb.Image) for image in row)
+        captions = [f"{h.name(c)} ({p:.2f})" for c, p in zip(nodes, probs, strict=True)]
+        assert [image._caption for image in row] == captions
+    with pytest.raises(ValueError, match="`cam_method`.*'gradcampp'"):
+        LogPredictionSamples(cams=True, cam_method="gradcam3")

@@ -28,6 +28,7 @@ __all__ = [
     "LogHierarchy",
     "LogPredictionSamples",
     "LogSummary",
+    "cam_images",
     "fixed_batch",
 ]
 
@@ -145,9 +146,25 @@ class LogPredictionSamples(ModuleCallback):
     (evenly spaced over the dataset, taken once) in eval mode without gradients, decode them
     with the module's decoder, and log a W&B table ``key`` with the image, the true path and the
     predicted path with per-level probabilities ("Birds (0.98) > Gulls (0.71)").
+
+    With ``cams=True`` the table also has one column per level, ``cam/<level>``: the
+    class-activation map of the predicted node over the image (:func:`cam_images`, method
+    ``cam_method``). The cost is one forward with autograd and one backward pass per level for
+    the logged images.
     """
 
-    def __init__(self, num_samples: int = 16, every_n_epochs: int = 1, key: str = "val/samples"):
+    def __init__(
+        self,
+        num_samples: int = 16,
+        every_n_epochs: int = 1,
+        key: str = "val/samples",
+        cams: bool = False,
+        cam_method: str = "gradcam",
+    ):
+        from hmc.checks import check_choice
+        from hmc.explain import METHODS
+
+        check_choice("cam_method", cam_method, METHODS)
         if num_samples < 1 or every_n_epochs < 1:
             raise ValueError(
                 "Expected `num_samples` >= 1 and `every_n_epochs` >= 1, but got "
@@ -156,6 +173,8 @@ class LogPredictionSamples(ModuleCallback):
         self.num_samples = num_samples
         self.every_n_epochs = every_n_epochs
         self.key = key
+        self.cams = cams
+        self.cam_method = cam_method
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._images: list[Any] | None = None
 
@@ -186,9 +205,14 @@ class LogPredictionSamples(ModuleCallback):
         nodes, probs = decoded.nodes.cpu(), decoded.probs.float().cpu()
         true_level = h.tensors().levels[targets.clamp_min(0)] - 1  # [B] 0-based target level
         hit = (nodes.gather(1, true_level[:, None]).squeeze(1) == targets) & (targets >= 0)
+        columns = ["image", "true", "predicted", "correct"]
+        cams: list[list[Any]] = [[] for _ in range(len(targets))]
+        if self.cams:
+            cams = cam_images(pl_module, images, self.cam_method)
+            columns += [f"cam/{level}" for level in h.level_names]
         rows = []
-        for image, t, path_cols, path_probs, ok in zip(
-            self._images, targets.tolist(), nodes.tolist(), probs.tolist(), hit.tolist(),
+        for image, t, path_cols, path_probs, ok, cam_row in zip(
+            self._images, targets.tolist(), nodes.tolist(), probs.tolist(), hit.tolist(), cams,
             strict=True,
         ):  # fmt: skip
             true = " > ".join(h.name(n) for n in h.ancestors(t)) if t >= 0 else ""
@@ -197,9 +221,35 @@ class LogPredictionSamples(ModuleCallback):
                 for c, p in zip(path_cols, path_probs, strict=True)
                 if c >= 0
             )
-            rows.append([image, true, predicted, ok])
-        table = wandb.Table(columns=["image", "true", "predicted", "correct"], data=rows)
+            rows.append([image, true, predicted, ok, *cam_row])
+        table = wandb.Table(columns=columns, data=rows)
         logger.log_metrics({self.key: table}, step=trainer.global_step)
+
+
+def cam_images(pl_module: Any, images: torch.Tensor, method: str = "gradcam") -> list[list[Any]]:
+    """Per image, one ``wandb.Image`` per level: the CAM overlay (:func:`hmc.explain`) of the
+    node the module's decoder chooses, captioned "<name> (<prob>)"; None below an early stop.
+    ``pl_module`` is an :class:`hmc.training.HMCModule` (its ``model``, decoder and scores)."""
+    import wandb
+
+    from hmc.explain import explain, overlay, to_display
+
+    e = explain(
+        pl_module,
+        images.to(pl_module.device),
+        method=method,
+        decoder=pl_module.hparams.get("decoder"),
+        decoder_kwargs=getattr(pl_module, "decoder_kwargs", None),
+    )
+    h = pl_module.hierarchy
+    out = []
+    for i, shown in enumerate(to_display(images)):
+        one = e.for_image(i)
+        out.append([
+            wandb.Image(overlay(shown, m), caption=f"{h.name(c)} ({p:.2f})") if c >= 0 else None
+            for m, c, p in zip(one.maps, one.nodes.tolist(), one.probs.tolist(), strict=True)
+        ])  # fmt: skip
+    return out
 
 
 def fixed_batch(loaders: Any, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
