@@ -108,11 +108,12 @@ def main() -> None:
     # 80 % size, palette PNG: small enough for the README, text still legible.
     shot = Image.open(OUT).convert("RGB")
     shot = shot.resize((shot.width * 4 // 5, shot.height * 4 // 5), Image.Resampling.LANCZOS)
-    shot.quantize(colors=128).save(OUT, optimize=True)
+    shot.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(OUT, optimize=True)
     one = show / "right" / "green" / "right_green_0.png"
     if explain_main(["--ckpt_path", str(ckpt), str(one), "--output", str(work / "explain")]):
         sys.exit("hmc explain failed")
-    Image.open(work / "explain" / one.name).quantize(colors=128).save(EXPLAIN_OUT, optimize=True)
+    picture = Image.open(work / "explain" / one.name).convert("RGB")
+    picture.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(EXPLAIN_OUT, optimize=True)
     for f in (OUT, EXPLAIN_OUT):
         print(f"{f} ({f.stat().st_size // 1024} kB)")
     print(f"work files in {work}")
