@@ -102,7 +102,9 @@ SHAPES = {
         "transform_config, device"
     ),
     "hmc.predict.Predictor:__call__": "images, decoder, decoder_kwargs",
-    "hmc.predict.Predictor:predict_files": "paths, batch_size, decoder, decoder_kwargs",
+    "hmc.predict.Predictor:predict_files": (
+        "paths, batch_size, decoder, decoder_kwargs, on_bad_image"
+    ),
     # metrics: evaluate takes its arguments in the order of update
     "hmc.metrics.evaluate": "hierarchy, node_probs, targets, predictions, *, batch_size, **kwargs",
     "hmc.metrics.HierarchicalMetrics:update": "node_probs, targets, predictions",

@@ -84,7 +84,7 @@ class CSVDataset(ImageFileDataset):
             try:
                 targets.append(resolve(label, origins[-1]) if label else IGNORE)
             except KeyError:
-                if lineno > 1:
+                if lineno > 1 or Path(row[path_i].strip()).suffix.lower() in IMAGE_SUFFIXES:
                     raise
                 raise ValueError(  # most likely a header naming other columns
                     f"{csv_file}:1: neither a known header nor a row: {row!r} names no column "
