@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -130,7 +129,9 @@ def worker(kind: str, files: list[str], args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     run(files)
     seconds = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
+    status = Path("/proc/self/status").read_text()
+    rss = int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM")).split()[1]) / 1024
     return {"kind": kind, "threads": threads, "images": len(files), "seconds": seconds,
             "images_per_s": len(files) / seconds, "peak_rss_mb": rss}  # fmt: skip
 
@@ -186,6 +187,7 @@ def main() -> None:
     p.add_argument("--decode-repeats", type=int, default=3)
     p.add_argument("--forward-batch", type=int, default=None, help="time the forward on fewer")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--artifacts", type=Path, default=None, help="reuse model.ckpt/model.onnx")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -198,8 +200,11 @@ def main() -> None:
         return
     result: dict = {"command": " ".join(sys.argv), "load_before": os.getloadavg(), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
-        if not args.decode_only:
+        if args.artifacts is not None:  # model.ckpt + model.onnx of an earlier run
+            tmp = str(args.artifacts)
+        elif not args.decode_only:
             make_artifacts(Path(tmp), args.image_size)
+        if not args.decode_only:
             for threads in args.threads:
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
                 for _ in range(args.repeats):
