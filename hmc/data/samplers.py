@@ -1,17 +1,22 @@
-"""Class-balanced sampling at any level, and the collate function for skipped samples."""
+"""Class-balanced sampling at any level, the resumable training order, and the collate function
+for skipped samples."""
 
 from __future__ import annotations
 
+import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import WeightedRandomSampler, default_collate
+from torch.utils.data import Dataset, Sampler, WeightedRandomSampler, default_collate
 
 from hmc.hierarchy import Hierarchy
 
 __all__ = [
+    "EpochSampler",
+    "SeededSamples",
     "SkippedSamplesWarning",
     "balanced_weights",
     "class_balanced_sampler",
@@ -50,6 +55,110 @@ def class_balanced_sampler(
     return WeightedRandomSampler(
         weights, num_samples or len(weights), replacement=True, generator=generator
     )
+
+
+# ------------------------------------------------------------ resumable order
+class EpochSampler(Sampler[tuple[int, int]]):
+    """The training order as a function of ``(seed, epoch)`` only: a permutation of
+    ``range(n)``, or with ``weights`` ([n], e.g. :func:`balanced_weights`) ``n`` draws with
+    replacement. Yields ``(index, sample_seed)`` pairs for :class:`SeededSamples`.
+
+    Why: a resumed run must see the same batches, with the same augmentation, as the
+    uninterrupted one. With no generator state to carry, a resumable loader
+    (torchdata's ``StatefulDataLoader``) restores the position by skipping the batches already
+    seen, and ``set_epoch`` (called by Lightning at every epoch start) gives each epoch its own
+    order. The same order comes out for any ``num_workers``.
+    """
+
+    def __init__(self, n: int, seed: int = 0, weights: torch.Tensor | None = None) -> None:
+        if weights is not None and len(weights) != n:
+            raise ValueError(f"EpochSampler: {len(weights)} weights for {n} samples")
+        self.n = int(n)
+        self.seed = int(seed)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return _EpochIterator(self)
+
+    def draws(self, epoch: int) -> list[tuple[int, int]]:
+        """Epoch ``epoch``'s ``(index, sample_seed)`` pairs, in order."""
+        g = torch.Generator().manual_seed((self.seed * 100_003 + epoch) % 2**63)
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        seeds = torch.randint(0, 2**62, (self.n,), generator=g)
+        return list(zip(order.tolist(), seeds.tolist(), strict=True))
+
+
+class _EpochIterator(Iterator[tuple[int, int]]):
+    """One epoch of an :class:`EpochSampler`; its state (epoch, position) is what torchdata's
+    ``StatefulDataLoader`` saves, so a resumed iterator continues where it stopped. The epoch
+    is read at the first draw (a loader may build its iterator before Lightning's
+    ``set_epoch``) unless a loaded state fixes it."""
+
+    def __init__(self, sampler: EpochSampler) -> None:
+        self.sampler, self.yielded = sampler, 0
+        self.epoch: int | None = None
+        self.draws: list[tuple[int, int]] = []
+
+    def __next__(self) -> tuple[int, int]:
+        if self.epoch is None:
+            self._start(self.sampler.epoch)
+        if self.yielded >= len(self.draws):
+            raise StopIteration
+        self.yielded += 1
+        return self.draws[self.yielded - 1]
+
+    def _start(self, epoch: int) -> None:
+        self.epoch, self.draws = epoch, self.sampler.draws(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch if self.epoch is None else self.epoch,
+                "yielded": self.yielded}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._start(state["epoch"])
+        self.yielded = state["yielded"]
+
+
+class SeededSamples(Dataset):
+    """``dataset`` indexed by ``(index, sample_seed)``: each sample's random augmentation draws
+    from torch, numpy and python RNGs seeded with ``sample_seed``, and the global RNG states are
+    left as they were. So augmentation depends neither on the process (main or worker) nor on
+    what ran before, which is what makes a resumed run repeat the uninterrupted one exactly.
+    Other attributes are the wrapped dataset's."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)  # noqa: NPY002 (the global RNG transforms use)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)  # noqa: NPY002
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling in a worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 # ----------------------------------------------------------------- bad samples

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from hmc.checks import check_choice
 from hmc.data import (
@@ -18,14 +22,15 @@ from hmc.data import (
     ImageFileDataset,
     ImagePaths,
     RelabelConfig,
+    balanced_weights,
     build_transforms,
-    class_balanced_sampler,
     decode_size,
     level_counts,
     limit_per_class,
     skip_bad_collate,
     train_val_split,
 )
+from hmc.data.samplers import EpochSampler, SeededSamples
 from hmc.data.transforms import PRESETS
 from hmc.hierarchy import Hierarchy
 from hmc.training.artifacts import resolve_hierarchy
@@ -76,6 +81,11 @@ class HMCDataModule(pl.LightningDataModule):
             stored in checkpoints with the preset and size.
 
     ``.hierarchy`` is set in ``__init__`` (LightningCLI links it to the model).
+
+    Resume is exact: the training loader is torchdata's ``StatefulDataLoader`` over an
+    :class:`hmc.data.samplers.EpochSampler` (order and augmentation seeds a function of the
+    epoch), so a checkpoint taken mid-epoch resumes at the next batch; and the checkpoint keeps
+    the python, numpy and torch RNG states (``state_dict``), restored on resume.
     """
 
     def __init__(
@@ -146,6 +156,44 @@ class HMCDataModule(pl.LightningDataModule):
         self.test_dataset: HierarchicalDataset | None = None
         self.predict_dataset: ImagePaths | None = None
         self.label_counts: dict[str, dict[str, int]] = {}
+        self.order_seed: int | None = None  # the training order's; kept in checkpoints
+        self._train_loader_state: dict[str, Any] | None = None  # a resumed loader's position
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs beyond the loops' state: the training order's seed and the
+        global RNG states (python, numpy, torch) at the moment of saving (plain values, so
+        checkpoints load with ``weights_only=True``)."""
+        np_state = np.random.get_state(legacy=False)  # noqa: NPY002 (the global one)
+        loader = getattr(self.trainer, "train_dataloader", None) if self.trainer else None
+        return {
+            "order_seed": self.order_seed,
+            # Lightning saves it too, but restores it only when configure_optimizers has not
+            # built the loader already (estimated_stepping_batches does): restored here.
+            "train_loader": loader.state_dict() if isinstance(loader, StatefulDataLoader) else None,
+            "rng": {
+                "python": _plain(random.getstate()),
+                "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(),
+                                                 "pos": int(np_state["state"]["pos"])}},
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.order_seed = state_dict.get("order_seed")
+        self._train_loader_state = state_dict.get("train_loader")
+        rng = state_dict.get("rng")
+        if not rng:  # a checkpoint written before hmc saved RNG states
+            return
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+        np_state = rng["numpy"]
+        key = np.asarray(np_state["state"]["key"], dtype=np.uint32)
+        np.random.set_state({**np_state, "state": {"key": key, "pos": np_state["state"]["pos"]}})  # noqa: NPY002
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     # ------------------------------------------------------------ Lightning
     def prepare_data(self) -> None:
@@ -178,19 +226,26 @@ class HMCDataModule(pl.LightningDataModule):
             )
             self.predict_dataset.decode_size = decode_size(self.preset, self.image_size)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         ds = self._require("train_dataset", "fit")
-        sampler = None
+        weights = None
         if self.balanced_sampling is not None:
-            sampler = class_balanced_sampler(self.hierarchy, ds.targets, self.balanced_sampling)
+            weights = balanced_weights(self.hierarchy, ds.targets, self.balanced_sampling)
+        if self.order_seed is None:  # seed_everything's seed; a resumed run has the saved one
+            self.order_seed = torch.initial_seed()
+        sampler = EpochSampler(len(ds), seed=self.order_seed, weights=weights)
         # drop_last in training only: a last batch of one breaks BatchNorm.
-        return self._loader(
-            ds,
-            shuffle=sampler is None,
+        loader = self._loader(
+            SeededSamples(ds),
             sampler=sampler,
             drop_last=len(ds) > self.batch_size,
             persistent=True,
+            stateful=True,
         )
+        if self._train_loader_state:
+            loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_dataset is None:
@@ -218,18 +273,21 @@ class HMCDataModule(pl.LightningDataModule):
             self.setup(stage)
         return getattr(self, attr)
 
-    def _loader(self, ds, *, shuffle=False, sampler=None, drop_last=False, persistent=False):
+    def _loader(self, ds, *, sampler=None, drop_last=False, persistent=False, stateful=False):
         workers = self.num_workers
-        return DataLoader(
+        # The training loader draws its worker seeds from its own generator, not the global
+        # RNG, so that creating it at a resume leaves the restored RNG states untouched.
+        extra = {"generator": torch.Generator().manual_seed(0)} if stateful else {}
+        return (StatefulDataLoader if stateful else DataLoader)(
             ds,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=persistent and workers > 0,
             drop_last=drop_last,
             collate_fn=skip_bad_collate if ds.on_bad_sample == "skip" else None,
+            **extra,
         )
 
     def _transform(self, train: bool):
@@ -271,6 +329,11 @@ class HMCDataModule(pl.LightningDataModule):
         train, val = train_val_split(pool, self.val_fraction, self.seed)
         val.transform = self._transform(train=False)
         return train, val
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (python's RNG state as a weights_only-safe value)."""
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
 
 
 def _default_workers() -> int:

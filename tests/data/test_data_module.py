@@ -19,6 +19,7 @@ from data_fixtures import (
 )
 
 import hmc.data as D
+from hmc.data.samplers import EpochSampler
 from hmc.hierarchy import load_hierarchy
 
 pl = pytest.importorskip("pytorch_lightning")
@@ -97,7 +98,7 @@ def test_num_workers_and_balanced_sampling(fashion_root):
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert loader.num_workers == 2 and loader.persistent_workers
-    assert isinstance(loader.sampler, torch.utils.data.WeightedRandomSampler)
+    assert isinstance(loader.sampler, EpochSampler) and loader.sampler.weights is not None
     ys = torch.cat([y for _, y in loader])
     assert len(ys) == 88  # 90 drawn with replacement, the last partial batch dropped
     with pytest.raises(ValueError, match="unknown level 'genus'"):
