@@ -555,7 +555,7 @@ def export_main(argv: Sequence[str]) -> int:
 
 # ---------------------------------------------------------------- explain and report
 def _explain_parser() -> ArgumentParser:
-    from hmc.explain import METHODS, TARGETS
+    from hmc.explanations import METHODS, TARGETS
 
     parser = _HintParser(
         prog="hmc explain",
@@ -586,7 +586,7 @@ def _explain_parser() -> ArgumentParser:
 
 def explain_main(argv: Sequence[str]) -> int:
     """``hmc explain --ckpt_path run.ckpt images/ --output explain/``; returns the exit code."""
-    from hmc.explain import write_explanations
+    from hmc.explanations import write_explanations
     from hmc.predict import load_model
 
     cfg = _explain_parser().parse_args(list(argv))
@@ -648,7 +648,7 @@ def _write_report(cfg: Any, predictor: Any, rows: list[dict], labels: dict[str, 
 
     cams = titles = None
     if cfg.report_cams:
-        from hmc.explain import explain_files, overlay, strip_titles
+        from hmc.explanations import explain_files, overlay, strip_titles
 
         explained = explain_files(predictor, [r["image"] for r in rows])
         cams = [[overlay(img, m) for m in e.maps] for _, img, e in explained]
@@ -729,9 +729,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(_usage(), file=sys.stdout if args else sys.stderr)
         sys.exit(0 if args else 2)
     if args[0] == "--version":
-        from hmc import __version__
+        from importlib.metadata import PackageNotFoundError, version
 
-        print(f"hmc {__version__}")
+        try:  # the installed distribution's (the package face is not a layer cli imports)
+            print(f"hmc {version('hmc')}")
+        except PackageNotFoundError:
+            print("hmc (not installed: no version metadata)")
         sys.exit(0)
     if args[0] not in COMMANDS:
         close = difflib.get_close_matches(args[0], list(COMMANDS), n=1, cutoff=0.5)
