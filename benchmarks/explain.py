@@ -14,7 +14,7 @@ Timed per image, batch ``--batch`` (median of ``--repeats`` rounds, kinds interl
 - ``explain``: :func:`hmc.explain` for all D levels, one forward and D backward passes;
 - ``explain per level``: D separate :func:`hmc.explain` calls of one level each (a forward per
   level), the plain alternative to reusing the forward;
-- ``hmc explain``: :func:`hmc.explain.write_explanations` on the files (read, transform,
+- ``hmc explain``: :func:`hmc.explanations.write_explanations` on the files (read, transform,
   explain, draw, write PNGs), when ``--data`` is given.
 
 The reuse of one forward is kept because ``explain`` < ``explain per level`` here (the
@@ -68,7 +68,7 @@ def main() -> None:
     from timm.data import resolve_data_config
 
     from hmc.data.transforms import build_transforms
-    from hmc.explain import explain, find_target_layer, write_explanations
+    from hmc.explanations import explain, find_target_layer, write_explanations
     from hmc.hierarchy import load_hierarchy
     from hmc.models import build_model
     from hmc.predict import Predictor

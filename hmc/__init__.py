@@ -37,7 +37,7 @@ _LAZY = {
     "build_model": "hmc.models",
     "Predictor": "hmc.predict",
     "load_model": "hmc.predict",
-    "explain": "hmc.explain",
+    "explain": "hmc.explanations",
     "export": "hmc.onnx_export",
     "HMCModule": "hmc.training",
     "HMCDataModule": "hmc.training",

@@ -1,5 +1,8 @@
 """Per-level class-activation maps: where the model looks when it decides each level.
 
+The module is ``explanations`` and its function :func:`explain` (``hmc.explain``): a module
+of the function's own name would shadow the function in the package face once imported.
+
 :func:`explain` runs one forward pass with gradients and then one backward pass per level
 (torchcam's extractors take the scores of a forward pass the caller ran and backpropagate with
 ``retain_graph``), so explaining D levels costs one forward and D backward passes, never one
@@ -18,8 +21,6 @@ pre-softmax quantity Grad-CAM is defined on. ``"probability"`` is the node's pro
 from __future__ import annotations
 
 import difflib
-import sys
-import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -422,15 +423,3 @@ def write_explanations(
         render_explanation(h, shown, e.maps, e.nodes, e.probs, e.levels).save(target)
         written.append(target)
     return written
-
-
-class _CallableModule(types.ModuleType):
-    """``hmc.explain`` is both this module and its function. Loading a submodule binds the
-    package attribute to the module (whoever imports it first), so the module calls
-    :func:`explain` and ``hmc.explain(model, images)`` works in either import order."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Explanation:
-        return explain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

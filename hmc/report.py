@@ -7,7 +7,7 @@ level is not the label); mistakes show the true path, the predicted path and the
 the tree (edges between the label and the prediction at its level, or the deepest prediction
 when the decoder stopped above it), and a checkbox filters the grid down to them (a few lines
 of inline script; ``report.html#mistakes`` opens filtered). An optional per-level CAM strip
-(images from :mod:`hmc.explain`) goes under each card.
+(images from :mod:`hmc.explanations`) goes under each card.
 
 Images are embedded as JPEG data URIs by default (one file to send around, nothing fetched at
 view time); ``embed=False`` references the files by paths relative to the report instead.

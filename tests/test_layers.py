@@ -42,7 +42,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "predict",
         "onnx_predictor",
     },
-    "explain": {"hierarchy", "sweeps", "decoding", "calibration", "models", "data", "predict"},
+    "explanations": {"hierarchy", "sweeps", "decoding", "calibration", "models", "data", "predict"},
     "report": {"hierarchy", "sweeps", "decoding", "calibration", "models", "data", "predict"},
     "training": {
         "hierarchy",
@@ -55,7 +55,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "models",
         "cache",
         "predict",
-        "explain",
+        "explanations",
     },
 }
 TOP = {"cli"}  # may import every layer

@@ -162,7 +162,7 @@ class LogPredictionSamples(ModuleCallback):
         cam_method: str = "gradcam",
     ):
         from hmc.checks import check_choice
-        from hmc.explain import METHODS
+        from hmc.explanations import METHODS
 
         check_choice("cam_method", cam_method, METHODS)
         if num_samples < 1 or every_n_epochs < 1:
@@ -232,7 +232,7 @@ def cam_images(pl_module: Any, images: torch.Tensor, method: str = "gradcam") ->
     ``pl_module`` is an :class:`hmc.training.HMCModule` (its ``model``, decoder and scores)."""
     import wandb
 
-    from hmc.explain import explain, overlay, to_display
+    from hmc.explanations import explain, overlay, to_display
 
     e = explain(
         pl_module,
