@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,17 +66,30 @@ class EpochSampler(Sampler[tuple[int, int]]):
     Why: a resumed run must see the same batches, with the same augmentation, as the
     uninterrupted one. With no generator state to carry, a resumable loader
     (torchdata's ``StatefulDataLoader``) restores the position by skipping the batches already
-    seen, and ``set_epoch`` (called by Lightning at every epoch start) gives each epoch its own
-    order. The same order comes out for any ``num_workers``.
+    seen. Each epoch has its own order: the epoch is ``epoch_of()`` when given (HMCDataModule
+    passes the trainer's ``current_epoch``: Lightning's ``set_epoch`` value is one ahead after
+    a resume from an epoch-end checkpoint), else the last ``set_epoch``. The same order comes
+    out for any ``num_workers``.
     """
 
-    def __init__(self, n: int, seed: int = 0, weights: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        n: int,
+        seed: int = 0,
+        weights: torch.Tensor | None = None,
+        epoch_of: Callable[[], int] | None = None,
+    ) -> None:
         if weights is not None and len(weights) != n:
             raise ValueError(f"EpochSampler: {len(weights)} weights for {n} samples")
         self.n = int(n)
         self.seed = int(seed)
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         self.epoch = 0
+        self.epoch_of = epoch_of
+
+    def current_epoch(self) -> int:
+        """``epoch_of()`` if given (a trainer's epoch counter), else the last ``set_epoch``."""
+        return self.epoch if self.epoch_of is None else int(self.epoch_of())
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -111,7 +124,7 @@ class _EpochIterator(Iterator[tuple[int, int]]):
 
     def __next__(self) -> tuple[int, int]:
         if self.epoch is None:
-            self._start(self.sampler.epoch)
+            self._start(self.sampler.current_epoch())
         if self.yielded >= len(self.draws):
             raise StopIteration
         self.yielded += 1
@@ -121,7 +134,7 @@ class _EpochIterator(Iterator[tuple[int, int]]):
         self.epoch, self.draws = epoch, self.sampler.draws(epoch)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch if self.epoch is None else self.epoch,
+        return {"epoch": self.sampler.current_epoch() if self.epoch is None else self.epoch,
                 "yielded": self.yielded}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, int]) -> None:

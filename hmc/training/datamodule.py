@@ -233,7 +233,9 @@ class HMCDataModule(pl.LightningDataModule):
             weights = balanced_weights(self.hierarchy, ds.targets, self.balanced_sampling)
         if self.order_seed is None:  # seed_everything's seed; a resumed run has the saved one
             self.order_seed = torch.initial_seed()
-        sampler = EpochSampler(len(ds), seed=self.order_seed, weights=weights)
+        sampler = EpochSampler(
+            len(ds), seed=self.order_seed, weights=weights, epoch_of=self._current_epoch
+        )
         # drop_last in training only: a last batch of one breaks BatchNorm.
         loader = self._loader(
             SeededSamples(ds),
@@ -268,6 +270,10 @@ class HMCDataModule(pl.LightningDataModule):
         return {"preset": self.preset, "image_size": self.image_size, **self.transform_kwargs}
 
     # --------------------------------------------------------------- helpers
+    def _current_epoch(self) -> int:
+        trainer = self.trainer  # None outside a Trainer: epoch 0
+        return trainer.current_epoch if trainer is not None else 0
+
     def _require(self, attr: str, stage: str) -> HierarchicalDataset:
         if getattr(self, attr) is None:
             self.setup(stage)
