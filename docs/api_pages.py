@@ -36,7 +36,7 @@ ORDER = [
     "predict",
     "onnx_predictor",
     "onnx_export",
-    "explain",
+    "explanations",
     "report",
     "training",
     "cli",
