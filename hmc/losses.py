@@ -156,6 +156,10 @@ class HRNLoss(nn.Module):
     """The HRN paper's total loss: ``combinatorial_weight * CombinatorialLoss +
     leaf_weight * cross-entropy`` of a separate leaf head.
 
+    Defaults follow ``benchmarks/results/relabel_study.md`` (issue 12): ``scores="logits"``
+    (raw state scores; more accurate than the paper's sigmoid at 50-90 % relabelled labels)
+    and ``leaf_loss="ce"``. The paper's exact recipe is ``scores="sigmoid", leaf_loss="ce"``.
+
     The cross-entropy uses ``leaf_logits`` [B, L] (column j = leaf column
     ``h.tensors().leaves[j]``) and only the samples labelled with a leaf; with ``"mean"`` it is
     averaged over those samples and is 0 when there are none. The combinatorial term uses every
@@ -170,7 +174,7 @@ class HRNLoss(nn.Module):
     def __init__(
         self,
         hierarchy: Hierarchy,
-        scores: str = "sigmoid",
+        scores: str = "logits",
         combinatorial_weight: float = 1.0,
         leaf_weight: float = 1.0,
         reduction: str = "mean",

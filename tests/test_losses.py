@@ -172,7 +172,7 @@ def test_hrn_loss_is_weighted_sum(ragged):
     leaf_cols = ragged.tensors().leaves.tolist()
     leaf_t = torch.tensor([leaf_cols.index(int(c)) for c in t[[0, 2, 3]]])
     ce = F.cross_entropy(leaf[[0, 2, 3]], leaf_t)
-    comb = CombinatorialLoss(ragged)(x, t)
+    comb = CombinatorialLoss(ragged, "logits")(x, t)  # HRNLoss's default scores
     total = HRNLoss(ragged, combinatorial_weight=0.5, leaf_weight=2.0)(x, t, leaf)
     torch.testing.assert_close(total, 0.5 * comb + 2.0 * ce)
     none = HRNLoss(ragged, reduction="none")(x, t, leaf)
@@ -192,7 +192,7 @@ def test_hrn_loss_leaf_marginal_variant_counts_coarse_labels_through_their_leave
     t = _col(ragged, "x", "a", "c", "b")
     node_scores = leaf_log_marginals(ragged, leaf)
     ref = LeafMarginalLoss(ragged, reduction="none")(node_scores, t)
-    got = HRNLoss(ragged, leaf_loss="marginal", reduction="none").parts(x, t, leaf)
+    got = HRNLoss(ragged, "sigmoid", leaf_loss="marginal", reduction="none").parts(x, t, leaf)
     torch.testing.assert_close(got["leaf_ce"], ref)
     torch.testing.assert_close(
         got["combinatorial"], CombinatorialLoss(ragged, "sigmoid", "none")(x, t)

@@ -109,8 +109,8 @@ def test_default_loss_and_decoder_follow_the_head(head, loss_cls, kind):
     assert m.score_kind == kind == m.model.head.score_kind
     out = m(torch.randn(3, 3, 16, 16))
     dec = m.decode(out)  # the whole head output (HRN: the leaf head too)
-    assert m.decoder == ("paper" if head == "hrn" else "argmax")
-    ref = decode(m.hierarchy, out, m.decoder, score_kind=kind)
+    assert m.decoder == ("marginal" if head == "hrn" else "argmax")
+    ref = decode(m.hierarchy, out, m.decoder, score_kind=kind, scores=m.scores)
     torch.testing.assert_close(dec.nodes, ref.nodes)
     assert m.probabilities == ("product" if head == "hrn" else None)
 
@@ -200,10 +200,10 @@ def test_checkpoint_is_weights_only_and_carries_its_hierarchy(tmp_path):
     assert meta["model_config"]["backbone"] == "test_resnet"
     assert meta["format"] == "hmc-checkpoint/3"
     assert (meta["decoder"], meta["decoder_kwargs"], meta["score_kind"], meta["scores"]) == (
-        "paper",  # the HRN default
+        "marginal",  # the HRN defaults
         {},
         "states",
-        "sigmoid",
+        "logits",
     )
     assert (meta["probabilities"], meta["calibration"]) == ("product", None)
     assert "hierarchy" not in ckpt["hyper_parameters"]
@@ -523,7 +523,7 @@ def test_a_format_2_checkpoint_loads_with_the_states_model_and_no_calibration(tm
     m.eval()
     with torch.no_grad():
         out = m(images)
-    want = decode(h, out, "argmax", probabilities="states")
+    want = decode(h, out, "argmax", scores=p.scores, probabilities="states")
     torch.testing.assert_close(p(images).node_probs, want.node_probs)
     again = HMCModule.load_from_checkpoint(old)
     assert again.probabilities == "states" and again.calibration == Calibration()
