@@ -171,6 +171,9 @@ def _cli_class():
             # Lightning's ModelCheckpoint under its own `checkpoint:` key, so a recipe sets its
             # `checkpoint.dirpath` and configs/base.yaml the rest (configs merge by key).
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            # Read by LoggerSaveConfigCallback's run-folder guard (hmc.training.callbacks).
+            parser.add_argument("--overwrite", type=bool, default=False,
+                                help="fit: replace an earlier run in the run folder")  # fmt: skip
 
         def _parse_ckpt_path(self) -> None:
             # Lightning loads an explicit --ckpt_path here and lets its hyper-parameters

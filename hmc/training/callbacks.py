@@ -34,6 +34,7 @@ __all__ = [
     "ModuleCallback",
     "PerLevelAccuracyPlot",
     "ResultsTable",
+    "earlier_run_files",
     "format_results",
     "run_dir",
 ]
@@ -290,12 +291,58 @@ def _plot(rows: list[dict[str, float]], columns: list[str], path: Path, title: s
 
 
 # ------------------------------------------------------------------------- resolved config
+RUN_FILES = (
+    "config.yaml",
+    "per_level_accuracy.png",
+    "per_level_accuracy.csv",
+    "val_metrics.json",
+    "test_metrics.json",
+)
+"""The files of a run in its folder (besides checkpoints) that a new fit would replace."""
+
+
+def earlier_run_files(trainer: pl.Trainer) -> list[Path]:
+    """The files of an earlier run that a new fit with ``trainer`` would overwrite: ``*.ckpt``
+    in each ModelCheckpoint's ``dirpath``, and :data:`RUN_FILES` in the run folder
+    (:func:`run_dir`) and ``default_root_dir``."""
+    found: list[Path] = []
+    for cb in trainer.checkpoint_callbacks:
+        folder = getattr(cb, "dirpath", None)
+        if folder and Path(folder).is_dir():
+            found += sorted(Path(folder).glob("*.ckpt"))
+    for folder in {run_dir(trainer), Path(trainer.default_root_dir)}:
+        found += [folder / name for name in RUN_FILES if (folder / name).is_file()]
+    return found
+
+
 class LoggerSaveConfigCallback(SaveConfigCallback):
     """LightningCLI's ``SaveConfigCallback`` that also sends the resolved config (every
     argument, defaults included) to each logger with ``log_hyperparams``: W&B's run config,
     CSV/TensorBoard ``hparams.yaml``. With W&B the YAML is also saved in the run's files as
     ``lightning_config.yaml``. Use ``LightningCLI(save_config_callback=
-    LoggerSaveConfigCallback)``."""
+    LoggerSaveConfigCallback)``.
+
+    It also guards the run folder: a new ``fit`` (no ``--ckpt_path``) into a folder that holds
+    an earlier run (a checkpoint, ``config.yaml``, plots or metrics files) stops with an error
+    naming the folder and the ways out, ``--ckpt_path last`` or ``--overwrite true``, before
+    anything is written. See :func:`earlier_run_files`."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and not self.already_saved and trainer.ckpt_path is None:
+            overwrite = bool(self.config.get("overwrite", False))
+            found = earlier_run_files(trainer)
+            if found and not overwrite:
+                folders = sorted({str(p.parent) for p in found})
+                names = ", ".join(sorted({p.name for p in found}))
+                raise RuntimeError(
+                    f"{' and '.join(folders)} already hold a run ({names}); a new fit would "
+                    "overwrite it. Resume it with --ckpt_path last, choose another folder "
+                    "(trainer.default_root_dir, checkpoint.dirpath), or replace it with "
+                    "--overwrite true"
+                )
+            if "overwrite" in self.config:
+                self.config["overwrite"] = False  # a rerun of the saved config.yaml is guarded
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         with warnings.catch_warnings():
