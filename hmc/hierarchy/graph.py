@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
-import torch
+
+# torch is imported inside the functions that build tensors: reading, checking and printing a
+# tree (`hmc hierarchy validate`) then starts without torch's multi-second import.
+if TYPE_CHECKING:
+    import torch
 
 VIRTUAL_ROOT = "<root>"
 
@@ -137,6 +141,8 @@ def build_tensors(
     is_leaf: Sequence[bool],
 ) -> HierarchyTensors:
     """CPU index tensors of nodes given in column order (parents before children)."""
+    import torch
+
     n = len(nodes)
     index = {node: i for i, node in enumerate(nodes)}
     parent = torch.full((n,), -1, dtype=torch.long)

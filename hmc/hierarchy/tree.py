@@ -17,10 +17,9 @@ import operator
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
-import torch
 
 from hmc.hierarchy import io
 from hmc.hierarchy.graph import (
@@ -35,6 +34,11 @@ from hmc.hierarchy.graph import (
     graph_from_edges,
     graph_from_paths,
 )
+
+# torch is imported inside the functions that build tensors: reading, checking and printing a
+# tree (`hmc hierarchy validate`) then starts without torch's multi-second import.
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Hierarchy", "HierarchyError", "HierarchyTensors", "UnknownLabelError", "VIRTUAL_ROOT"]
 
@@ -290,6 +294,8 @@ class Hierarchy:
 
     def indices(self, nodes: Iterable[str]) -> torch.Tensor:
         """[K] long tensor of the columns of ``nodes``."""
+        import torch
+
         return torch.tensor([self.index(n) for n in nodes], dtype=torch.long)
 
     def _unknown_message(self, node: object) -> str:
@@ -411,6 +417,8 @@ class Hierarchy:
     # ------------------------------------------------------------ tensor views
     def tensors(self, device: torch.device | str | None = None) -> HierarchyTensors:
         """Index tensors on ``device``, computed once per device and cached."""
+        import torch
+
         key = str(torch.device(device) if device is not None else torch.device("cpu"))
         cached = self._tensor_cache.get(key)
         if cached is None:
@@ -437,6 +445,8 @@ class Hierarchy:
     def level_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """Per-level targets. targets: [B] columns (negative = unlabelled) -> [B, D] columns,
         -1 below a coarse label and everywhere for unlabelled samples."""
+        import torch
+
         if targets.is_floating_point() or targets.dtype == torch.bool:
             raise HierarchyError(
                 f"Expected `targets` to be an integer tensor of columns, got {targets.dtype}"
@@ -451,6 +461,8 @@ class Hierarchy:
         """Level of the lowest common ancestor of columns ``a`` and ``b``; 0 when it is the
         root, -1 where ``a`` or ``b`` is negative (unlabelled). ``a`` and ``b`` broadcast
         (e.g. [B, 1] against [1, K] gives [B, K]). Cost O(numel x D), no pairwise matrix."""
+        import torch
+
         paths = self.tensors(a.device).paths
         pa, pb = paths[a.clamp_min(0)], paths[b.clamp_min(0)]
         # Ancestor chains are prefixes, so equality at level k implies equality above it.
@@ -460,6 +472,8 @@ class Hierarchy:
     def tree_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Number of edges between columns ``a`` and ``b`` (broadcastable shapes); -1 where
         ``a`` or ``b`` is negative."""
+        import torch
+
         levels = self.tensors(a.device).levels
         dist = levels[a.clamp_min(0)] + levels[b.clamp_min(0)] - 2 * self.lca_level(a, b)
         return torch.where((a < 0) | (b < 0), torch.full_like(dist, -1), dist)
@@ -494,6 +508,8 @@ class Hierarchy:
         """[N] column in ``other`` of each of this hierarchy's columns, -1 where the node is
         not in ``other``. To translate targets use :meth:`map_targets`, which keeps unlabelled
         (negative) targets negative."""
+        import torch
+
         return torch.tensor([other._index.get(n, -1) for n in self._nodes], dtype=torch.long)
 
     def map_targets(self, targets: torch.Tensor, other: Hierarchy) -> torch.Tensor:
@@ -502,6 +518,8 @@ class Hierarchy:
         Unlabelled targets (negative) keep their value (e.g. -100); a node missing from
         ``other`` becomes -1 (unlabelled there). Works after :meth:`restrict`, or between two
         versions of a tree that share ids."""
+        import torch
+
         if targets.is_floating_point() or targets.dtype == torch.bool:
             raise HierarchyError(
                 f"Expected `targets` to be an integer tensor of columns, got {targets.dtype}"
