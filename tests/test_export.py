@@ -186,7 +186,7 @@ def test_metadata_holds_everything_needed_to_predict(exported):
     assert Hierarchy.from_dict(meta["hierarchy"]) == h
     assert meta["fingerprint"] == h.fingerprint() == hierarchy_fingerprint(meta["hierarchy"])
     assert meta["decoder"] == "threshold" and meta["decoder_kwargs"] == {"threshold": 0.3}
-    assert meta["score_kind"] == "states" and meta["scores"] == "sigmoid"
+    assert meta["score_kind"] == "states" and meta["scores"] == "logits"  # the HRN default
     assert meta["model_config"]["backbone"] == "test_resnet"
     assert meta["transform"] == {
         "config": {"preset": "small", "image_size": 32},
