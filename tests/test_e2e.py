@@ -1,7 +1,7 @@
 """End to end: the real ``hmc`` command in subprocesses on a tiny Fashion-MNIST-layout fixture
 (16 px, test_resnet backbone, a few steps): fit (W&B offline), validate, test, predict,
-load_model on the saved checkpoint, resume after SIGKILL and 2-process DDP. (The config-typo
-error runs the same entry point in-process: tests/test_cli.py.)"""
+load_model on the saved checkpoint, exact resume after SIGKILL, the run-folder guard and
+2-process DDP. (The config-typo error runs the same entry point in-process: tests/test_cli.py.)"""
 
 from __future__ import annotations
 
@@ -256,15 +256,10 @@ def read_step(path: Path, timeout: float = 30) -> int:
             time.sleep(0.2)
 
 
-def test_resume_after_sigkill_continues_from_the_saved_step(fmnist, tmp_path):
-    run = tmp_path / "run"
-    cfg = write_config(
-        tmp_path / "cfg.yaml", fmnist, run, logger=csv_logger(run), epochs=30,
-        checkpoint={"every_n_train_steps": 2},
-    )  # fmt: skip
-    last = run / "checkpoints" / "last.ckpt"
+def fit_killed_at_first_checkpoint(cfg: Path, last: Path) -> int:
+    """`hmc fit` in a subprocess, SIGKILLed as soon as ``last`` appears; its saved step."""
     proc = subprocess.Popen(
-        [*HMC, "fit", "--config", str(cfg)], cwd=tmp_path, env=env(),
+        [*HMC, "fit", "--config", str(cfg)], cwd=cfg.parent, env=env(),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -272,28 +267,75 @@ def test_resume_after_sigkill_continues_from_the_saved_step(fmnist, tmp_path):
         while not last.exists():
             assert proc.poll() is None, f"fit ended early:\n{proc.stderr.read()}"
             assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.1)
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)  # no chance to save anything more
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    saved = read_step(last)
-    assert 2 <= saved < 30 * 6 and saved % 2 == 0  # a periodic save, mid-run
-    target = saved + 4
-    hmc(
-        "fit", "--config", str(cfg), "--ckpt_path", "last", "--trainer.max_steps", str(target),
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert read_step(last) == target
-    # The resumed run's CSV log starts after the saved step (no restart from 0).
-    versions = sorted((run / "csv").glob("version_*"))
-    steps = [
-        int(r["step"])
-        for r in csv.DictReader((versions[-1] / "metrics.csv").open())
-        if r.get("train/loss_step")
-    ]
-    assert min(steps) >= saved and max(steps) == target - 1
+    return read_step(last)
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return {k: v for k, v in state["state_dict"].items() if v.is_floating_point()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(fmnist, tmp_path_factory):
+    """2 epochs x 6 steps, checkpoint every 2 steps, never interrupted."""
+    work = tmp_path_factory.mktemp("uninterrupted")
+    cfg = write_config(
+        work / "cfg.yaml", fmnist, work / "run", checkpoint={"every_n_train_steps": 2}
+    )
+    hmc("fit", "--config", str(cfg), cwd=work)
+    return work / "run"
+
+
+@pytest.mark.parametrize("where", ["mid-epoch", "epoch-end"])
+def test_resume_after_sigkill_repeats_the_uninterrupted_run_exactly(
+    fmnist, uninterrupted, tmp_path, where
+):
+    """Killed with SIGKILL at its first checkpoint (a periodic one every 2 steps, mid-epoch;
+    or base.yaml's epoch-end one) and resumed with --ckpt_path last: the final weights and
+    validation metrics equal the uninterrupted run's (same machine, one thread: bit-identical;
+    1e-6 allowed)."""
+    run = tmp_path / "run"
+    every = {"every_n_train_steps": 2} if where == "mid-epoch" else {}
+    cfg = write_config(tmp_path / "cfg.yaml", fmnist, run, checkpoint=every)
+    saved = fit_killed_at_first_checkpoint(cfg, run / "checkpoints" / "last.ckpt")
+    if where == "mid-epoch":
+        assert saved in (2, 4), saved  # 6 steps per epoch: inside epoch 0
+    else:
+        assert saved == 6  # after epoch 0
+    hmc("fit", "--config", str(cfg), "--ckpt_path", "last", cwd=tmp_path)
+    assert read_step(run / "checkpoints" / "last.ckpt") == 12
+    want, got = final_weights(uninterrupted), final_weights(run)
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.allclose(got[key], want[key], rtol=0, atol=1e-6), key
+    want_m = metrics_json(uninterrupted / "val_metrics.json")
+    got_m = metrics_json(run / "val_metrics.json")
+    assert want_m.keys() == got_m.keys()
+    for key, value in want_m.items():
+        assert got_m[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
+def test_a_new_fit_into_a_run_folder_refuses_until_overwrite(fmnist, tmp_path):
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "cfg.yaml", fmnist, run, epochs=1)
+    hmc("fit", "--config", str(cfg), cwd=tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    before = {p: p.read_bytes() for p in (last, run / "config.yaml", run / "val_metrics.json")}
+    proc = hmc("fit", "--config", str(cfg), cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    message = proc.stderr.strip().splitlines()[-1]
+    assert str(run) in message and "--ckpt_path last" in message and "--overwrite" in message
+    assert {p: p.read_bytes() for p in before} == before  # nothing of the run was touched
+    hmc("fit", "--config", str(cfg), "--overwrite", "true", cwd=tmp_path)
+    assert read_step(last) == 6
+    # The saved config does not carry the overwrite: rerunning it is guarded again.
+    assert yaml.safe_load((run / "config.yaml").read_text())["overwrite"] is False
 
 
 def test_ddp_two_processes_match_a_single_process_evaluation(fmnist, tmp_path):

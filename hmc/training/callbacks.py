@@ -328,7 +328,9 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
     anything is written. See :func:`earlier_run_files`."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and not self.already_saved and trainer.ckpt_path is None:
+        # trainer.ckpt_path is set only later, at restore: the CLI's --ckpt_path says resume.
+        resume = trainer.ckpt_path or self.config.get("ckpt_path")
+        if stage == "fit" and not self.already_saved and not resume:
             overwrite = bool(self.config.get("overwrite", False))
             found = earlier_run_files(trainer)
             if found and not overwrite:

@@ -244,9 +244,11 @@ class HMCDataModule(pl.LightningDataModule):
             persistent=True,
             stateful=True,
         )
-        if self._train_loader_state:
-            loader.load_state_dict(self._train_loader_state)
-            self._train_loader_state = None
+        state, self._train_loader_state = self._train_loader_state, None
+        # An epoch-end state (every batch drawn) resumes at the next epoch's start anyway;
+        # restored, it would make Lightning end that next epoch at once.
+        if state and not state["_iterator_finished"] and state["_num_yielded"] < len(loader):
+            loader.load_state_dict(state)
         return loader
 
     def val_dataloader(self) -> DataLoader | list:
