@@ -155,7 +155,9 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
+    def __getitem__(self, key: tuple[int, int] | int) -> Any:
+        if not isinstance(key, tuple):  # a plain index (e.g. a callback's look): unseeded
+            return self.dataset[key]
         index, seed = key
         py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
         with torch.random.fork_rng(devices=[]):

@@ -74,7 +74,7 @@ def test_seeded_samples_repeat_with_the_seed_and_leave_the_global_rngs_alone():
     assert torch.equal(torch.get_rng_state(), before[0])
     assert (np.random.get_state()[1] == before[1]).all()  # noqa: NPY002
     assert random.getstate() == before[2]
-    assert len(ds) == 4
+    assert len(ds) == 4 and len(ds[1]) == 3  # a plain index reads the sample unseeded
 
 
 # ---------------------------------------------------------------------- datamodule
