@@ -20,7 +20,6 @@ reductions along dim 0 are several times faster on CPU than along dim 1 of [B, N
 from __future__ import annotations
 
 import contextlib
-import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -85,16 +84,13 @@ def _no_autocast(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
-_PLANS: dict[tuple[int, str], tuple[weakref.ref, StatePlan]] = {}
-
-
 def state_plan(h: Hierarchy, device: torch.device | str | None = None) -> StatePlan:
-    """The :class:`StatePlan` of ``h`` on ``device``, built once and cached while ``h`` lives."""
+    """The :class:`StatePlan` of ``h`` on ``device``, built once and cached by the hierarchy."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    key = (id(h), str(dev))
-    hit = _PLANS.get(key)
-    if hit is not None and hit[0]() is h:
-        return hit[1]
+    return h.derived("state_plan", dev, lambda: _build_plan(h, dev))
+
+
+def _build_plan(h: Hierarchy, dev: torch.device) -> StatePlan:
     t = h.tensors(dev)
     offsets = tuple(int(x) for x in t.level_offsets.tolist())
     parents: list[torch.Tensor | None] = [None]
@@ -105,9 +101,7 @@ def state_plan(h: Hierarchy, device: torch.device | str | None = None) -> StateP
     depth = torch.arange(t.paths.shape[1], device=dev)
     path_pad = torch.where(t.paths >= 0, t.paths, n)
     strict_pad = torch.where(depth[None, :] < (t.levels - 1)[:, None], path_pad, n)
-    plan = StatePlan(offsets, tuple(parents), t.paths, t.levels, t.is_leaf, path_pad, strict_pad)
-    _PLANS[key] = (weakref.ref(h, lambda _, k=key: _PLANS.pop(k, None)), plan)
-    return plan
+    return StatePlan(offsets, tuple(parents), t.paths, t.levels, t.is_leaf, path_pad, strict_pad)
 
 
 def log_conditionals(plan: StatePlan, s_t: torch.Tensor) -> torch.Tensor:

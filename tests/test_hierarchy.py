@@ -366,3 +366,15 @@ def test_copies_share_the_immutable_hierarchy():
     h = Hierarchy.from_paths([("a", "b"), ("a", "c")], level_names=["l1", "l2"])
     assert copy.copy(h) is h
     assert copy.deepcopy({"h": h})["h"] is h
+
+
+def test_derived_values_are_built_once_per_name_and_device(h):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return object()
+
+    first = h.derived("x", "cpu", build)
+    assert h.derived("x", None, build) is first and len(calls) == 1  # None means cpu
+    assert h.derived("y", "cpu", build) is not first and len(calls) == 2

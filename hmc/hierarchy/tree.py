@@ -14,7 +14,7 @@ import difflib
 import hashlib
 import json
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,6 +113,7 @@ class Hierarchy:
         self._level_names = level_names
         self._metadata = dict(metadata or {})
         self._tensor_cache: dict[str, HierarchyTensors] = {}
+        self._derived_cache: dict[tuple[str, str], Any] = {}
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -431,6 +432,19 @@ class Hierarchy:
                 )
             self._tensor_cache[key] = cached
         return cached
+
+    def derived(
+        self, name: str, device: torch.device | str | None, build: Callable[[], Any]
+    ) -> Any:
+        """``build()``, computed once per ``name`` and device and cached with the tensor views
+        (the tree is immutable). Layers above keep their per-device index data here, e.g. the
+        state plans of :func:`hmc.sweeps.state_plan`."""
+        import torch
+
+        key = (name, str(torch.device(device) if device is not None else torch.device("cpu")))
+        if key not in self._derived_cache:
+            self._derived_cache[key] = build()
+        return self._derived_cache[key]
 
     def _build_tensors(self) -> HierarchyTensors:
         return build_tensors(
