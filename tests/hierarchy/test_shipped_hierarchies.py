@@ -17,7 +17,7 @@ import hmc
 from hmc.hierarchy import Hierarchy
 from hmc.hierarchy.io import format_tree
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 EXPECTED = {
     "cub200": {"order": 13, "family": 37, "species": 200},
