@@ -300,7 +300,13 @@ def _drop_known_messages(record: Any) -> bool:
     CPU-only machine: they state nothing about the run."""
     msg = str(record.msg)
     return not msg.startswith(
-        ("💡 Tip: For seamless cloud logging", "GPU available: False", "TPU available: False")
+        (
+            "💡 Tip: For seamless cloud logging",
+            "GPU available: False",
+            "TPU available: False",
+            # base.yaml names the plain ModelSummary on purpose (see _drop_zero_flops)
+            "Trainer already configured with model summary callbacks",
+        )
     )
 
 
@@ -314,7 +320,10 @@ def _drop_zero_flops(record: Any) -> bool:
 def _quiet_lightning() -> None:
     """Filter exactly the known messages above, on the loggers that emit them."""
     import logging
+    import warnings
 
+    # torchdata's StatefulDataLoader calls a deprecated torch API in its constructor.
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_drop_known_messages)  # a no-op when already there
     logging.getLogger("pytorch_lightning.callbacks.model_summary").addFilter(_drop_zero_flops)
