@@ -561,7 +561,6 @@ def test_resume_with_the_same_settings_passes_the_checks(env, capfd, tmp_path):
     assert "Total params" in text and "Non-trainable params" in text  # the summary stays
     for noise in (
         "Total Flops",
-        "Total FLOPs",
         "GPU available: False",
         "TPU available: False",
         "litlogger",

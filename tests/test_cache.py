@@ -183,8 +183,7 @@ def test_too_small_disk_fails_before_the_pass(tmp_path, lite0, monkeypatch):
 
 def test_flip_view_is_random_per_read_and_reproducible(tmp_path, lite0):
     frozen, _ = split_backbone(lite0, 3)
-    folder = write_feature_cache(tmp_path, "k", frozen, _image, 4, flip_view=True,
-                                 progress=False)
+    folder = write_feature_cache(tmp_path, "k", frozen, _image, 4, flip_view=True, progress=False)
     ds = CachedFeatures(folder, torch.arange(4))
     array, _ = open_feature_cache(folder)
     plain, flipped = (torch.from_numpy(array[v, 2].astype(np.float32)) for v in (0, 1))
