@@ -247,7 +247,7 @@ class HMCDataModule(pl.LightningDataModule):
         state, self._train_loader_state = self._train_loader_state, None
         # An epoch-end state (every batch drawn) resumes at the next epoch's start anyway;
         # restored, it would make Lightning end that next epoch at once.
-        if state and not state["_iterator_finished"] and state["_num_yielded"] < len(loader):
+        if state and not state["_iterator_finished"] and batches_drawn(state) < len(loader):
             loader.load_state_dict(state)
         return loader
 
@@ -347,3 +347,11 @@ def _plain(value: Any) -> Any:
 def _default_workers() -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return min(4, max(0, (cpus or 1) - 1))
+
+
+def batches_drawn(state: dict) -> int:
+    """Batches drawn in the epoch, from a StatefulDataLoader state: kept at the top level with
+    no workers, as the last snapshot's step plus the steps since it with workers."""
+    if "_num_yielded" in state:
+        return int(state["_num_yielded"])
+    return int(state["_snapshot"]["_snapshot_step"]) + int(state["_steps_since_snapshot"])

@@ -162,3 +162,16 @@ def test_a_fit_resumed_mid_epoch_ends_with_the_uninterrupted_weights(tmp_path, w
     assert resumed.global_step == 8
     for key in want:
         assert torch.allclose(got[key], want[key], rtol=0, atol=1e-6), key
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_batches_drawn_are_read_from_either_loader_state_format(workers):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    from hmc.training.datamodule import batches_drawn
+
+    loader = StatefulDataLoader(list(range(20)), batch_size=2, num_workers=workers)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    assert batches_drawn(loader.state_dict()) == 3
