@@ -21,26 +21,9 @@ _ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|mod|data|exc|obj|const):`~
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "hmc"
 NAV_TITLE = "API reference"
-# Bottom layer first (CONTRIBUTING.md); layers not listed follow alphabetically.
-ORDER = [
-    "checks",
-    "hierarchy",
-    "sweeps",
-    "losses",
-    "decoding",
-    "calibration",
-    "metrics",
-    "data",
-    "models",
-    "cache",
-    "predict",
-    "onnx_predictor",
-    "onnx_export",
-    "explanations",
-    "report",
-    "training",
-    "cli",
-]
+# Bottom layer first: the order of CONTRIBUTING.md's layer table (the one that
+# tests/test_layers.py's MAY_IMPORT mirrors); layers not listed follow alphabetically.
+ORDER = re.findall(r"^\| `(\w+)` \|", (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8"), re.M)
 
 
 def _summary(path: Path) -> str:
