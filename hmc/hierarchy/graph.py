@@ -61,23 +61,30 @@ def graph_from_edges(
     *,
     names: Mapping[str, str] | None = None,
     attributes: Mapping[str, Mapping[str, Any]] | None = None,
+    source: str | None = None,
+    lines: Sequence[int] | None = None,
 ) -> nx.DiGraph:
-    """DiGraph of (parent, child) pairs; siblings in edge order. Errors name the edge."""
+    """DiGraph of (parent, child) pairs; siblings in edge order. Errors name the edge (or
+    ``source:line`` when ``lines`` gives each edge's line in the file ``source``)."""
+    at, ref = _places("edge", source, lines)
     graph = nx.DiGraph()
-    seen_parent: dict[str, str] = {}
+    seen: dict[str, tuple[str, int]] = {}
     for i, edge in enumerate(edges):
         if isinstance(edge, str) or len(edge) != 2:
-            raise HierarchyError(f"edge {i}: expected (parent, child), got {edge!r}")
+            raise HierarchyError(f"{at(i)}: expected (parent, child), got {edge!r}")
         parent, child = (str(x) for x in edge)
+        if not parent or not child:
+            raise HierarchyError(f"{at(i)}: empty parent or child in {list(edge)}")
         if parent == child:
-            raise HierarchyError(f"edge {i}: node {child!r} is its own parent (a cycle)")
-        if child in seen_parent:
-            if seen_parent[child] == parent:
+            raise HierarchyError(f"{at(i)}: node {child!r} is its own parent (a cycle)")
+        if child in seen:
+            if seen[child][0] == parent:
                 continue
+            first, j = seen[child]
             raise HierarchyError(
-                f"edge {i}: node {child!r} has two parents, {seen_parent[child]!r} and {parent!r}"
+                f"{at(i)}: node {child!r} has two parents, {first!r}{ref(j)} and {parent!r}"
             )
-        seen_parent[child] = parent
+        seen[child] = (parent, i)
         graph.add_edge(parent, child)
     return _annotate(graph, names, attributes, "the edges")
 
@@ -87,32 +94,44 @@ def graph_from_paths(
     *,
     names: Mapping[str, str] | None = None,
     attributes: Mapping[str, Mapping[str, Any]] | None = None,
+    source: str | None = None,
+    lines: Sequence[int] | None = None,
 ) -> nx.DiGraph:
-    """DiGraph of top-to-node rows under a virtual root. Errors name the row."""
+    """DiGraph of top-to-node rows under a virtual root. Errors name the row (or
+    ``source:line`` when ``lines`` gives each row's line in the file ``source``)."""
+    at, ref = _places("row", source, lines)
     graph = nx.DiGraph()
     graph.add_node(VIRTUAL_ROOT, name="root")
     seen: dict[str, tuple[str, int]] = {}
     for i, row in enumerate(rows):
         if isinstance(row, str):
-            raise HierarchyError(f"row {i}: expected a sequence of ids, got the string {row!r}")
+            raise HierarchyError(f"{at(i)}: expected a sequence of ids, got the string {row!r}")
         cells = [None if c is None else str(c).strip() for c in row]
         while cells and not cells[-1]:
             cells.pop()
         if not cells:
             continue
         if any(not c for c in cells):
-            raise HierarchyError(f"row {i}: empty cell inside the path {list(row)!r}")
+            raise HierarchyError(f"{at(i)}: empty cell inside the path {list(row)!r}")
         for parent, child in zip([VIRTUAL_ROOT, *cells[:-1]], cells, strict=True):
             if child in seen and seen[child][0] != parent:
-                first, first_row = seen[child]
+                first, j = seen[child]
                 raise HierarchyError(
-                    f"row {i}: node {child!r} has two parents, {_parent_str(first)} "
-                    f"(row {first_row}) and {_parent_str(parent)}"
+                    f"{at(i)}: node {child!r} has two parents, {_parent_str(first)}{ref(j)} "
+                    f"and {_parent_str(parent)}"
                 )
             if child not in seen:
                 seen[child] = (parent, i)
                 graph.add_edge(parent, child)
     return _annotate(graph, names, attributes, "any path")
+
+
+def _places(what: str, source: str | None, lines: Sequence[int] | None) -> tuple[Any, Any]:
+    """How errors name input item i, and refer back to item j: ``"row 3"``, ``" (row 3)"``; or
+    ``"file.csv:7"``, ``" (line 7)"`` when ``lines`` gives each item's line in ``source``."""
+    if lines is not None:
+        return (lambda i: f"{source}:{lines[i]}"), (lambda j: f" (line {lines[j]})")
+    return (lambda i: f"{what} {i}"), (lambda j: f" ({what} {j})")
 
 
 def _annotate(

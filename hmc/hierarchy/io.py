@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from hmc.hierarchy.graph import VIRTUAL_ROOT, HierarchyError, _check_tree, graph_from_paths
+from hmc.hierarchy.graph import (
+    VIRTUAL_ROOT,
+    HierarchyError,
+    _check_tree,
+    graph_from_edges,
+    graph_from_paths,
+)
 
 if TYPE_CHECKING:  # format_tree reads only the public accessors; io never builds a Hierarchy
     from hmc.hierarchy.tree import Hierarchy
@@ -310,27 +316,16 @@ def _read_edges(path: Path) -> nx.DiGraph:
     cols = [c.lower() for c in header]
     if cols[:2] != ["parent", "child"]:
         raise HierarchyError(f"{path}:1: expected a header 'parent,child[,name]', got {header}")
-    graph = nx.DiGraph()
-    parent_line: dict[str, tuple[str, int]] = {}
     for lineno, row in rows:
         if len(row) != len(header):
             raise HierarchyError(
                 f"{path}:{lineno}: malformed row, expected {len(header)} fields {header}, "
                 f"got {len(row)}: {row}"
             )
-        parent, child = row[0], row[1]
-        if not parent or not child:
-            raise HierarchyError(f"{path}:{lineno}: empty parent or child in {row}")
-        if child in parent_line and parent_line[child][0] != parent:
-            first_parent, first_line = parent_line[child]
-            raise HierarchyError(
-                f"{path}:{lineno}: node {child!r} has two parents, {first_parent!r} "
-                f"(line {first_line}) and {parent!r}"
-            )
-        parent_line[child] = (parent, lineno)
-        graph.add_edge(parent, child)
-        if "name" in cols:
-            graph.nodes[child]["name"] = row[cols.index("name")]
+    names = {row[1]: row[cols.index("name")] for _, row in rows} if "name" in cols else None
+    edges = [(row[0], row[1]) for _, row in rows]
+    lines = [lineno for lineno, _ in rows]
+    graph = graph_from_edges(edges, names=names, source=str(path), lines=lines)
     _check_tree(graph, where=str(path))
     return _with_meta(graph, None, {"source": str(path.name)})
 
@@ -339,36 +334,15 @@ def _read_paths(path: Path) -> nx.DiGraph:
     header, rows = _rows(path)
     if any(not c for c in header):
         raise HierarchyError(f"{path}:1: empty column name in header {header}")
-    paths = []
     for lineno, row in rows:
         if len(row) > len(header):
             raise HierarchyError(
                 f"{path}:{lineno}: malformed row, {len(row)} fields but {len(header)} levels "
                 f"{header}: {row}"
             )
-        cells = list(row)
-        while cells and not cells[-1]:
-            cells.pop()
-        if not cells:
-            continue
-        if any(not c for c in cells):
-            raise HierarchyError(f"{path}:{lineno}: empty cell inside the path {row}")
-        paths.append((lineno, cells))
-    seen: dict[str, tuple[str | None, int]] = {}
-    for lineno, cells in paths:
-        for depth, node in enumerate(cells):
-            parent = cells[depth - 1] if depth else None
-            if node in seen and seen[node][0] != parent:
-                raise HierarchyError(
-                    f"{path}:{lineno}: node {node!r} has two parents, {seen[node][0]!r} "
-                    f"(line {seen[node][1]}) and {parent!r}"
-                )
-            seen.setdefault(node, (parent, lineno))
-    depth = max(len(c) for _, c in paths)
-    try:
-        graph = graph_from_paths([c for _, c in paths])
-    except HierarchyError as e:
-        raise HierarchyError(f"{path}: {e}") from None
+    lines = [lineno for lineno, _ in rows]
+    graph = graph_from_paths([row for _, row in rows], source=str(path), lines=lines)
+    depth = nx.dag_longest_path_length(graph)  # unused trailing columns name no level
     return _with_meta(graph, header[:depth], {"source": path.name})
 
 

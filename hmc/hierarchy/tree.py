@@ -112,7 +112,6 @@ class Hierarchy:
         }
         self._level_names = level_names
         self._metadata = dict(metadata or {})
-        self._tensor_cache: dict[str, HierarchyTensors] = {}
         self._derived_cache: dict[tuple[str, str], Any] = {}
 
     # ------------------------------------------------------------------ builders
@@ -418,20 +417,16 @@ class Hierarchy:
     # ------------------------------------------------------------ tensor views
     def tensors(self, device: torch.device | str | None = None) -> HierarchyTensors:
         """Index tensors on ``device``, computed once per device and cached."""
-        import torch
 
-        key = str(torch.device(device) if device is not None else torch.device("cpu"))
-        cached = self._tensor_cache.get(key)
-        if cached is None:
-            if key == "cpu":
-                cached = self._build_tensors()
-            else:
-                cpu = self.tensors("cpu")
-                cached = HierarchyTensors(
-                    **{f: getattr(cpu, f).to(key) for f in HierarchyTensors.__dataclass_fields__}
-                )
-            self._tensor_cache[key] = cached
-        return cached
+        def build() -> HierarchyTensors:
+            if device is None or str(device) == "cpu":
+                return self._build_tensors()
+            cpu = self.tensors()
+            return HierarchyTensors(
+                **{f: getattr(cpu, f).to(device) for f in HierarchyTensors.__dataclass_fields__}
+            )
+
+        return self.derived("tensors", device, build)
 
     def derived(
         self, name: str, device: torch.device | str | None, build: Callable[[], Any]
@@ -461,10 +456,7 @@ class Hierarchy:
         -1 below a coarse label and everywhere for unlabelled samples."""
         import torch
 
-        if targets.is_floating_point() or targets.dtype == torch.bool:
-            raise HierarchyError(
-                f"Expected `targets` to be an integer tensor of columns, got {targets.dtype}"
-            )
+        _check_columns(targets)
         paths = self.tensors(targets.device).paths
         valid = targets >= 0
         out = paths[targets.clamp_min(0)]
@@ -498,18 +490,13 @@ class Hierarchy:
         e.g. ``cub200.restrict(species_in_my_data)``. With ``descendants=True`` the subtrees
         below ``nodes`` are kept too. Relative column order, names and attributes are kept;
         trailing levels that end up empty are dropped. :meth:`map_targets` translates targets."""
+        g = self.to_networkx()
         keep: set[str] = set()
         for node in nodes:
             n = self._id(node)
-            keep.update(self.ancestors(n))
-            if descendants:
-                stack = list(self._children[n])
-                while stack:
-                    keep.add(stack[-1])
-                    stack.extend(self._children[stack.pop()])
+            keep.update(self.ancestors(n), nx.descendants(g, n) if descendants else ())
         if not keep:
             raise HierarchyError("restrict() needs at least one node below the root")
-        g = self.to_networkx()
         g.remove_nodes_from([n for n in self._nodes if n not in keep])
         meta = dict(self._metadata)
         meta["restricted_from"] = (
@@ -534,10 +521,7 @@ class Hierarchy:
         versions of a tree that share ids."""
         import torch
 
-        if targets.is_floating_point() or targets.dtype == torch.bool:
-            raise HierarchyError(
-                f"Expected `targets` to be an integer tensor of columns, got {targets.dtype}"
-            )
+        _check_columns(targets)
         if targets.numel() and int(targets.max()) >= self.num_nodes:
             raise HierarchyError(
                 f"target {int(targets.max())} is not a column of {self!r} (N={self.num_nodes})"
@@ -580,3 +564,10 @@ class Hierarchy:
     def describe(self, max_children: int = 8) -> str:
         """A readable tree with counts per level (what ``hmc hierarchy show`` prints)."""
         return io.format_outline(self, max_children=max_children)
+
+
+def _check_columns(targets: torch.Tensor) -> None:
+    if targets.is_floating_point() or str(targets.dtype) == "torch.bool":
+        raise HierarchyError(
+            f"Expected `targets` to be an integer tensor of columns, got {targets.dtype}"
+        )

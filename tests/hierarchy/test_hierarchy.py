@@ -310,7 +310,9 @@ def test_cycle_is_named():
 
 
 def test_two_parents_are_named():
-    with pytest.raises(HierarchyError, match=r"edge 1: node 'x' has two parents, 'a' and 'b'"):
+    with pytest.raises(
+        HierarchyError, match=r"edge 1: node 'x' has two parents, 'a' \(edge 0\) and 'b'"
+    ):
         Hierarchy.from_edges([("a", "x"), ("b", "x")])
     with pytest.raises(HierarchyError, match=r"row 1: node 'x' has two parents, 'a' \(row 0\)"):
         Hierarchy.from_paths([("a", "x"), ("b", "x")])
