@@ -288,7 +288,7 @@ def _mean_std(transform: Any) -> tuple[Tensor, Tensor] | None:
 def to_display(images: Tensor, transform: Any = None) -> list[Image.Image]:
     """Transformed images [B, 3, H, W] -> B RGB PIL images of what the model saw: the
     transform's normalisation undone if found in ``transform``, else each image stretched to
-    its own min..max."""
+    its own min..max. Grey images [B, 1, H, W] come out as grey RGB."""
     x = images.detach().float().cpu()
     ms = _mean_std(transform) if transform is not None else None
     if ms is not None:
@@ -297,7 +297,7 @@ def to_display(images: Tensor, transform: Any = None) -> list[Image.Image]:
         lo = x.amin(dim=(1, 2, 3), keepdim=True)
         x = (x - lo) / (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-8)
     u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(a).convert("RGB") for a in u8]
+    return [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a).convert("RGB") for a in u8]
 
 
 def overlay(image: Image.Image, cam_map: Tensor, alpha: float = 0.5) -> Image.Image:

@@ -12,6 +12,7 @@ They read :class:`~hmc.training.callbacks.EvaluatedModule`.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from typing import Any
 
 import pytorch_lightning as pl
@@ -124,15 +125,13 @@ def _matrix_chart(h: Hierarchy, nodes: tuple[str, ...], rows: list, title: str) 
 
     names = [h.name(n) for n in nodes]
     labels = names if len(set(names)) == len(names) else list(nodes)  # ids if names collide
-    index = {n: i for i, n in enumerate(nodes)}
-    counts = torch.zeros(len(nodes), len(nodes), dtype=torch.long)
+    counts = Counter()
     for t, p, c in rows:
-        if t in index and p in index:
-            counts[index[t], index[p]] += c
+        counts[t, p] += c
     data = [
-        [labels[i], labels[j], int(counts[i, j])]
-        for i in range(len(nodes))
-        for j in range(len(nodes))
+        [labels[i], labels[j], counts[t, p]]
+        for i, t in enumerate(nodes)
+        for j, p in enumerate(nodes)
     ]
     table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=data)
     fields = {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"}
@@ -198,9 +197,11 @@ class LogPredictionSamples(ModuleCallback):
             return
         import wandb
 
+        from hmc.explanations import to_display
+
         decoded = _predict(pl_module, images)
-        if self._images is None:
-            self._images = [wandb.Image(a) for a in _to_uint8(images)]
+        if self._images is None:  # each stretched to its min..max: the normalisation is unknown
+            self._images = [wandb.Image(a) for a in to_display(images)]
         h = pl_module.hierarchy
         nodes, probs = decoded.nodes.cpu(), decoded.probs.float().cpu()
         true_level = h.tensors().levels[targets.clamp_min(0)] - 1  # [B] 0-based target level
@@ -289,19 +290,6 @@ def _predict(pl_module: Any, images: torch.Tensor) -> Any:
         return pl_module.decode(pl_module(images.to(pl_module.device)))
     finally:
         pl_module.train(was_training)
-
-
-def _to_uint8(images: torch.Tensor) -> list[Any]:
-    """[B, C, H, W] normalised floats -> B uint8 arrays [H, W, C] (or [H, W]), each stretched
-    to its own min..max since the normalisation is not known here."""
-    x = images.float()
-    lo = x.amin(dim=(1, 2, 3), keepdim=True)
-    hi = x.amax(dim=(1, 2, 3), keepdim=True)
-    x = ((x - lo) / (hi - lo).clamp_min(1e-8) * 255).round().to(torch.uint8)
-    x = x.permute(0, 2, 3, 1)
-    if x.shape[-1] == 1:
-        x = x[..., 0]
-    return list(x.numpy())
 
 
 class LogSummary(ModuleCallback):
