@@ -12,7 +12,7 @@ from PIL import Image
 
 from hmc.data._base import IGNORE, HierarchicalDataset, ImageFileDataset, as_hierarchy
 from hmc.data._layout import IMAGE_SUFFIXES, LabelResolver, image_files, list_images
-from hmc.hierarchy import VIRTUAL_ROOT, Hierarchy
+from hmc.hierarchy import Hierarchy
 
 __all__ = ["CSVDataset", "HierarchyFolder", "ImagePaths"]
 
@@ -215,21 +215,14 @@ class HierarchyFolder(ImageFileDataset):
         root = Path(root).expanduser()
         if files is None:
             files = [p for p in image_files(root, suffixes) if p.parent != root]
-        edges: dict[str, str] = {}
-        names: dict[str, str] = {}
+        # One top-to-folder path per image folder; a node's id is its path relative to root.
+        rows = {}
         for p in files:
             parts = p.parent.relative_to(root).parts
-            for d in range(1, len(parts) + 1):
-                node = "/".join(parts[:d])
-                if node not in edges:
-                    edges[node] = "/".join(parts[: d - 1])
-                    names[node] = parts[d - 1]
-        depth = max(node.count("/") + 1 for node in edges)
-        if level_names is None:
-            level_names = [f"level_{d}" for d in range(1, depth + 1)]
-        return Hierarchy.from_edges(
-            [(parent or VIRTUAL_ROOT, node) for node, parent in edges.items()],
-            names=names,
+            rows[parts] = ["/".join(parts[: d + 1]) for d in range(len(parts))]
+        return Hierarchy.from_paths(
+            rows.values(),
+            names={node: node.rpartition("/")[2] for row in rows.values() for node in row},
             level_names=level_names,
             metadata={"name": root.name, "source": f"folder tree {root}"},
         )
