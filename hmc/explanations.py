@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from hmc.checks import check_choice
 from hmc.decoding import decode, node_probabilities
 from hmc.hierarchy import Hierarchy, UnknownLabelError
+from hmc.models.backbone import probe_forward
 
 __all__ = [
     "METHODS",
@@ -115,14 +116,6 @@ def node_column(hierarchy: Hierarchy, node: str | int) -> int:
 
 
 # ----------------------------------------------------------------------------- layers
-def _probe(backbone: nn.Module) -> Tensor:
-    cfg = getattr(backbone, "pretrained_cfg", None) or {}
-    size = tuple(cfg["input_size"][1:]) if cfg.get("fixed_input_size") else (64, 64)
-    param = next(backbone.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    return torch.zeros(1, getattr(backbone, "in_chans", 3), *size, device=device)
-
-
 def find_target_layer(model: nn.Module) -> str:
     """Name (in ``model.named_modules()``) of the backbone module whose output is the feature
     map the head reads: the last stage (``backbone.layer4`` for ResNets, ``backbone.bn2`` for
@@ -130,20 +123,7 @@ def find_target_layer(model: nn.Module) -> str:
     ``target_layer`` when no module returns that tensor (e.g. it ends in a functional op)."""
     backbone = model.backbone
     done: list[tuple[str, Any]] = []  # (name, output) in the order modules finish
-    hooks = [
-        m.register_forward_hook(lambda mod, args, out, name=name: done.append((name, out)))
-        for name, m in backbone.named_modules()
-        if name
-    ]
-    was_training = backbone.training
-    try:
-        backbone.eval()
-        with torch.no_grad():
-            feat = backbone.forward_features(_probe(backbone))
-    finally:
-        for h in hooks:
-            h.remove()
-        backbone.train(was_training)
+    feat = probe_forward(backbone, lambda name, _mod, out: done.append((name, out)))
     # Outer modules finish after inner ones, so the last match is the whole stage.
     modules = dict(backbone.named_modules())
     same = [n for n, out in done if out is feat and not isinstance(modules[n], nn.Identity)]

@@ -8,6 +8,7 @@ are timm's own and a timm checkpoint loads without renaming. hmc calls ``forward
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Any
 
 import timm
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from hmc.models.weights import load_checkpoint
 
-__all__ = ["backbone_stages", "create_backbone", "freeze_stages"]
+__all__ = ["backbone_stages", "create_backbone", "freeze_stages", "probe_forward"]
 
 # Probe size for the construction-time dry run; fixed-size models use their own input size.
 _PROBE_PX = 64
@@ -97,23 +98,8 @@ def _create_timm(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
 def _prune_unused(model: nn.Module, name: str) -> list[str]:
     """Run ``forward_features`` once on a small input; replace parameter-holding modules it never
     calls with ``nn.Identity``; check that the output is a 4-D feature map."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = cfg.get("input_size", (3, 224, 224))[1:] if cfg.get("fixed_input_size") else None
-    in_chans = getattr(model, "in_chans", None) or _first_conv_in_channels(model)
-    probe = torch.zeros(1, in_chans, *(size or (_PROBE_PX, _PROBE_PX)))
     called: set[int] = set()
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, _: called.add(id(mod))) for m in model.modules()
-    ]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model.forward_features(probe)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    out = probe_forward(model, lambda _name, mod, _out: called.add(id(mod)))
     if not isinstance(out, Tensor) or out.ndim != 4 or out.shape[1] != model.num_features:
         shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(
@@ -133,9 +119,30 @@ def _prune_unused(model: nn.Module, name: str) -> list[str]:
     return pruned
 
 
-def _first_conv_in_channels(model: nn.Module) -> int:
+def probe_forward(model: nn.Module, hook: Callable[[str, nn.Module, Any], None]) -> Any:
+    """``model.forward_features`` of one zero image (``_PROBE_PX`` square, or the model's own
+    size if fixed) in eval mode without gradients, calling ``hook(name, module, output)`` as
+    each named submodule returns (inner modules before the ones that hold them)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size", (3, 224, 224))[1:] if cfg.get("fixed_input_size") else None
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return conv.in_channels if conv is not None else 3
+    in_chans = getattr(model, "in_chans", None) or (conv.in_channels if conv else 3)
+    param = next(model.parameters(), None)
+    probe = torch.zeros(1, in_chans, *(size or (_PROBE_PX, _PROBE_PX)))
+    hooks = [
+        m.register_forward_hook(lambda mod, _args, out, name=name: hook(name, mod, out))
+        for name, m in model.named_modules()
+        if name
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            return model.forward_features(probe if param is None else probe.to(param.device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
 
 
 def backbone_stages(model: nn.Module) -> list[list[str]]:

@@ -104,10 +104,6 @@ def _check_hierarchy(hierarchy: object) -> Hierarchy:
     return hierarchy
 
 
-def _level_sizes(h: Hierarchy) -> list[int]:
-    return [h.level_slice(d).stop - h.level_slice(d).start for d in range(1, h.num_levels + 1)]
-
-
 # --------------------------------------------------------------------------------- HRN
 
 
@@ -205,7 +201,7 @@ class HRNHead(nn.Module):
             _LevelBranch(
                 in_features, mid_channels, block_channels, hidden, feature_dim, n, bn_momentum
             )
-            for n in _level_sizes(hierarchy)
+            for n in hierarchy.level_sizes().values()
         )
         num_leaves = len(hierarchy.leaves)
         self.leaf_classifier = nn.Linear(feature_dim, num_leaves) if leaf_classifier else None
@@ -242,7 +238,9 @@ class FlatHead(nn.Module):
         self.hierarchy = _check_hierarchy(hierarchy)
         self.config = dict(dropout=dropout)
         self.dropout = nn.Dropout(dropout)
-        self.classifiers = nn.ModuleList(nn.Linear(in_features, n) for n in _level_sizes(hierarchy))
+        self.classifiers = nn.ModuleList(
+            nn.Linear(in_features, n) for n in hierarchy.level_sizes().values()
+        )
 
     def forward(self, x: Tensor) -> HeadOutput:
         """x: [B, C, H, W] -> HeadOutput([B, N], None, D x [B, C])."""

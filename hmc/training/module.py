@@ -56,7 +56,6 @@ __all__ = [
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "constant")
-STAGES = ("val", "test")
 # The evaluation decoder of an HRN head (with its leaf head) when none is given: consistent
 # top-down decoding of the "product" probabilities, at least as accurate as the paper's decoder
 # at every relabel ratio in benchmarks/results/relabel_study.md (issue 12).
