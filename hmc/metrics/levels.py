@@ -103,8 +103,10 @@ class HierarchicalMetric(Metric):
     def _update(self, batch: MetricBatch) -> None:
         raise NotImplementedError
 
-    def _level_keys(self, prefix: str) -> list[str]:
-        return [f"{prefix}/{name}" for name in self.hierarchy.level_names]
+    def _per_level(self, prefix: str, values: Tensor) -> dict[str, Tensor]:
+        """``{"<prefix>/<level name>": value}`` of [D] values."""
+        names = self.hierarchy.level_names
+        return {f"{prefix}/{n}": v for n, v in zip(names, values.unbind(), strict=True)}
 
 
 class LevelAccuracy(HierarchicalMetric):
@@ -126,7 +128,7 @@ class LevelAccuracy(HierarchicalMetric):
 
     def compute(self) -> dict[str, Tensor]:
         acc = ratio(self.correct, self.total)
-        out = dict(zip(self._level_keys("acc"), acc.unbind(), strict=True))
+        out = self._per_level("acc", acc)
         out["acc/mean"] = acc.nanmean()  # NaN when no level has a sample
         return out
 

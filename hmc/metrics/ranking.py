@@ -75,13 +75,7 @@ class TopKAccuracy(HierarchicalMetric):
     def compute(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for i, k in enumerate(self.top_k):
-            out.update(
-                zip(
-                    self._level_keys(f"top{k}"),
-                    ratio(self.hits[i], self.total).unbind(),
-                    strict=True,
-                )
-            )
+            out.update(self._per_level(f"top{k}", ratio(self.hits[i], self.total)))
         return out
 
 
@@ -198,15 +192,8 @@ class HierarchicalAveragePrecision(HierarchicalMetric):
     def compute(self) -> dict[str, Tensor]:
         per_level = binned_average_precision(self.positives, self.negatives)
         micro = binned_average_precision(self.positives.sum(0), self.negatives.sum(0))
-        out = {"ap/micro": micro.to(torch.get_default_dtype())}
-        out.update(
-            zip(
-                self._level_keys("ap"),
-                per_level.to(torch.get_default_dtype()).unbind(),
-                strict=True,
-            )
-        )
-        return out
+        dtype = torch.get_default_dtype()
+        return {"ap/micro": micro.to(dtype), **self._per_level("ap", per_level.to(dtype))}
 
 
 class LevelCalibrationError(HierarchicalMetric):
@@ -247,6 +234,4 @@ class LevelCalibrationError(HierarchicalMetric):
         n = count.sum(1, keepdim=True)
         gap = (self.correct - self.confidence).abs() / n.clamp_min(1)  # = prop * |acc - conf|
         ece = torch.where(n[:, 0] > 0, gap.sum(1), torch.full_like(n[:, 0], float("nan")))
-        return dict(
-            zip(self._level_keys("ece"), ece.to(torch.get_default_dtype()).unbind(), strict=True)
-        )
+        return self._per_level("ece", ece.to(torch.get_default_dtype()))
