@@ -163,24 +163,22 @@ def _log_conditionals_into(plan: StatePlan, s_t: torch.Tensor, out: torch.Tensor
 def marginals_from_log_conditionals(plan: StatePlan, log_q: torch.Tensor) -> torch.Tensor:
     """Top-down sweep. log_q: [N, B] from :func:`log_conditionals`. Returns [N, B] node
     marginals P(v on the path), as products of conditionals (no log-space cancellation)."""
-    q = torch.exp(log_q)
-    parts: list[torch.Tensor] = []
-    prev = None
-    for d in range(1, plan.num_levels + 1):
-        qd = q[plan.level(d)]
-        prev = qd if prev is None else prev.index_select(0, plan.parents[d - 1]) * qd
-        parts.append(prev)
-    return torch.cat(parts, 0)
+    return _down_paths(plan, torch.exp(log_q), torch.mul)
 
 
 def path_sums(plan: StatePlan, w_t: torch.Tensor) -> torch.Tensor:
     """[N, B] sum of ``w_t`` ([N, B]) over each node's path from level 1 (cumulative sums down
     the levels): the score of the state that ends at each node."""
+    return _down_paths(plan, w_t, torch.add)
+
+
+def _down_paths(plan: StatePlan, x: torch.Tensor, op) -> torch.Tensor:
+    """[N, B] ``op``-accumulation of ``x`` [N, B] down each node's path from level 1."""
     parts: list[torch.Tensor] = []
     prev = None
     for d in range(1, plan.num_levels + 1):
-        wd = w_t[plan.level(d)]
-        prev = wd if prev is None else prev.index_select(0, plan.parents[d - 1]) + wd
+        xd = x[plan.level(d)]
+        prev = xd if prev is None else op(prev.index_select(0, plan.parents[d - 1]), xd)
         parts.append(prev)
     return torch.cat(parts, 0)
 
