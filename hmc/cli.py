@@ -167,13 +167,28 @@ def _cli_class():
         """LightningCLI for HMCModule + HMCDataModule; the data's hierarchy feeds the model."""
 
         def add_arguments_to_parser(self, parser) -> None:
+            from hmc.training.callbacks import StepCheckpoint
+
             parser.link_arguments("data.hierarchy", "model.hierarchy", apply_on="instantiate")
             # Lightning's ModelCheckpoint under its own `checkpoint:` key, so a recipe sets its
             # `checkpoint.dirpath` and configs/base.yaml the rest (configs merge by key).
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            # A second one (hmc's StepCheckpoint) for periodic checkpoints inside epochs (one
+            # ModelCheckpoint takes one trigger): `step_checkpoint.every_n_train_steps` or
+            # `.train_time_interval`. It writes last.ckpt in the same folder (save_last), so
+            # `--ckpt_path last` is the newest of the two; hmc leaves it out without a trigger.
+            parser.add_lightning_class_args(StepCheckpoint, "step_checkpoint")
+            parser.link_arguments("checkpoint.dirpath", "step_checkpoint.dirpath")
             # Read by LoggerSaveConfigCallback's run-folder guard (hmc.training.callbacks).
             parser.add_argument("--overwrite", type=bool, default=False,
                                 help="fit: replace an earlier run in the run folder")  # fmt: skip
+
+        def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+            # Without a trigger Lightning would make step_checkpoint an epoch-end one: left out.
+            if not _has_trigger(self._get(self.config, "step_checkpoint", default={})):
+                step = self._get(self.config_init, "step_checkpoint", default=None)
+                callbacks = [cb for cb in callbacks if cb is not step]
+            return super()._instantiate_trainer(config, callbacks)
 
         def _parse_ckpt_path(self) -> None:
             # Lightning loads an explicit --ckpt_path here and lets its hyper-parameters
@@ -244,6 +259,15 @@ def _cli_class():
             return subcommands
 
     return HMCLightningCLI
+
+
+def _has_trigger(checkpoint: Any) -> bool:
+    """Whether a ModelCheckpoint config saves periodically (steps, time or epochs)."""
+    return bool(
+        checkpoint.get("every_n_train_steps")
+        or checkpoint.get("train_time_interval") is not None
+        or checkpoint.get("every_n_epochs")
+    )
 
 
 _NOT_SETTINGS = {"hierarchy", "pretrained", "checkpoint_path", "pretrained_cfg_overlay"}

@@ -143,14 +143,46 @@ def test_overrides_reach_the_config(capsys):
     args = [
         "fit", *composed(CONFIG_DIR / "cub200_hrn.yaml"), "--model.head", "flat",
         "--data.relabel.ratio", "0.7", "--trainer.callbacks.refresh_rate", "0",
-        "--checkpoint.every_n_train_steps", "500", "--print_config",
+        "--step_checkpoint.every_n_train_steps", "500", "--print_config",
     ]  # fmt: skip
     assert run_main(args) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["head"] == "flat"
     assert printed["data"]["relabel"]["ratio"] == 0.7
     assert printed["trainer"]["callbacks"][-1]["init_args"]["refresh_rate"] == 0
-    assert printed["checkpoint"]["every_n_train_steps"] == 500
+    assert printed["step_checkpoint"]["every_n_train_steps"] == 500
+    assert "dirpath" not in printed["step_checkpoint"]  # linked from checkpoint.dirpath
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        [],
+        ["--step_checkpoint.every_n_train_steps", "500"],
+        ["--step_checkpoint.train_time_interval", "0:30:00"],
+    ],
+)
+def test_the_step_checkpoint_joins_the_epoch_one_only_with_a_trigger(tmp_path, trigger):
+    """base.yaml's step_checkpoint has no trigger (Lightning would make it a second epoch-end
+    checkpoint): left out; with one, a StepCheckpoint in the epoch checkpoint's folder."""
+    from hmc.cli import HMCLightningCLI
+    from hmc.training import HMCDataModule, HMCModule, StepCheckpoint
+
+    args = [
+        *composed(CONFIG_DIR / "cub200_hrn.yaml"), "--model.backbone", "test_resnet",
+        "--model.pretrained", "false", "--data.root", str(tmp_path),
+        "--trainer.logger", "false", "--checkpoint.dirpath", str(tmp_path / "ckpts"), *trigger,
+    ]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["hmc"])
+        cli = HMCLightningCLI(HMCModule, HMCDataModule, args=args, run=False)
+    found = cli.trainer.checkpoint_callbacks
+    assert [type(cb).__name__ for cb in found] == ["ModelCheckpoint"] + (
+        ["StepCheckpoint"] if trigger else []
+    )
+    assert {cb.dirpath for cb in found} == {str(tmp_path / "ckpts")}
+    if trigger:
+        assert isinstance(found[1], StepCheckpoint) and found[1].save_last
 
 
 # ------------------------------------------------------------------------------ predict

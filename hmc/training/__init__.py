@@ -18,6 +18,7 @@ _LAZY = {
     "PerLevelAccuracyPlot": "hmc.training.callbacks",
     "LoggerSaveConfigCallback": "hmc.training.callbacks",
     "EvaluatedModule": "hmc.training.callbacks",
+    "StepCheckpoint": "hmc.training.callbacks",
     "WandbLogger": "hmc.training.wandb",
     "LogHierarchy": "hmc.training.wandb_callbacks",
     "LogConfusionMatrices": "hmc.training.wandb_callbacks",

@@ -3,6 +3,8 @@
 - :class:`ResultsTable`: a per-level results table after validation/test, and its JSON file.
 - :class:`PerLevelAccuracyPlot`: ``per_level_accuracy.png`` + ``.csv`` in the run folder.
 - :class:`LoggerSaveConfigCallback`: LightningCLI's resolved config to every logger.
+- :class:`StepCheckpoint`: Lightning's ``ModelCheckpoint`` for periodic checkpoints inside
+  epochs (``hmc fit``'s ``step_checkpoint:`` key).
 
 Checkpointing is Lightning's own ``ModelCheckpoint``: ``hmc fit`` configures it under the
 ``checkpoint:`` key (``configs/base.yaml``). The W&B callbacks live in
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
@@ -34,6 +36,7 @@ __all__ = [
     "ModuleCallback",
     "PerLevelAccuracyPlot",
     "ResultsTable",
+    "StepCheckpoint",
     "earlier_run_files",
     "format_results",
     "run_dir",
@@ -288,6 +291,25 @@ def _plot(rows: list[dict[str, float]], columns: list[str], path: Path, title: s
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
+
+
+# ------------------------------------------------------------------------- checkpoints
+class StepCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` for periodic checkpoints inside epochs
+    (``every_n_train_steps`` or ``train_time_interval``), next to the epoch-end one. With
+    ``save_last=True, save_top_k=0, enable_version_counter=False`` (``configs/base.yaml``) it
+    overwrites the epoch-end checkpoint's ``<dirpath>/last.ckpt``, so ``ckpt_path="last"``
+    resumes from the newest state.
+
+    It does not save at an epoch's last batch: Lightning (2.6) resumes a checkpoint taken there,
+    before the epoch's validation and end, as a finished epoch, so the resumed run would skip
+    that validation, the epoch-end hooks (an epoch-wise LR step, the epoch-end checkpoint) and,
+    with a restored loader position, the whole next epoch. Lightning's own SIGTERM stop avoids
+    that point too; the epoch-end checkpoint is written a moment later."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            super().on_train_batch_end(trainer, pl_module, *args)
 
 
 # ------------------------------------------------------------------------- resolved config

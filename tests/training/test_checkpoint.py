@@ -1,5 +1,6 @@
 """Checkpointing as configs/base.yaml sets it up: Lightning's own ModelCheckpoint (``checkpoint:``,
-which ``hmc fit`` adds) and Lightning's SIGTERM handling, on a tiny real HMCModule."""
+which ``hmc fit`` adds), the periodic StepCheckpoint (``step_checkpoint:``) and Lightning's
+SIGTERM handling, on a tiny real HMCModule."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, TensorDataset
 
 from hmc import Hierarchy
+from hmc.training.callbacks import StepCheckpoint
 from hmc.training.module import HMCModule
 
 BASE = Path(__file__).resolve().parents[2] / "configs" / "base.yaml"
@@ -26,6 +28,13 @@ TINY_HEAD = {"mid_channels": 8, "block_channels": 16, "hidden": 16, "feature_dim
 def base_checkpoint(dirpath: Path) -> ModelCheckpoint:
     """The ModelCheckpoint of configs/base.yaml, in ``dirpath`` (what a recipe sets)."""
     return ModelCheckpoint(dirpath=dirpath, **yaml.safe_load(BASE.read_text())["checkpoint"])
+
+
+def base_step_checkpoint(dirpath: Path, **kw) -> StepCheckpoint:
+    """configs/base.yaml's StepCheckpoint in ``dirpath``, with ``kw`` (its trigger) on top."""
+    return StepCheckpoint(
+        dirpath=dirpath, **{**yaml.safe_load(BASE.read_text())["step_checkpoint"], **kw}
+    )
 
 
 def toy() -> Hierarchy:
@@ -102,3 +111,33 @@ def test_ckpt_path_last_finds_the_folder_with_a_versioned_logger(tmp_path):
     assert step_of(folder / "last.ckpt") == 3
     assert t.ckpt_path == str(folder / "last.ckpt")
     assert len(list((tmp_path / "lightning_logs").iterdir())) == 2  # two logger versions
+
+
+def test_step_checkpoint_saves_every_n_steps_but_not_at_an_epoch_last_batch(tmp_path):
+    """Lightning resumes a checkpoint of an epoch's last batch (taken before that epoch's
+    validation and end) as a finished epoch: StepCheckpoint leaves that batch to the epoch-end
+    checkpoint. 3 epochs x 2 steps, every step: saved at steps 1, 3, 5 only."""
+    folder = tmp_path / "steps"
+    every = StepCheckpoint(dirpath=folder, filename="{step}", every_n_train_steps=1, save_top_k=-1)
+    fit(tmp_path, [every], max_epochs=3)
+    assert sorted(p.name for p in folder.iterdir()) == [f"step={s}.ckpt" for s in (1, 3, 5)]
+
+
+def test_base_checkpoints_together_keep_one_last_ckpt_at_the_newest_step(tmp_path):
+    """base.yaml's epoch-end checkpoint and its StepCheckpoint (every step here) write the same
+    last.ckpt, which always holds the newest state; no other file is left."""
+    folder = tmp_path / "checkpoints"
+
+    class Seen(pl.Callback):  # the file as each batch starts (checkpoints save at batch ends)
+        steps: list[int | None] = []
+
+        def on_train_batch_start(self, trainer, *args):
+            last = folder / "last.ckpt"
+            self.steps.append(step_of(last) if last.exists() else None)
+
+    seen = Seen()
+    step = base_step_checkpoint(folder, every_n_train_steps=1)
+    fit(tmp_path, [base_checkpoint(folder), step, seen], max_epochs=2)  # 2 steps per epoch
+    assert seen.steps == [None, 1, 2, 3]  # 1, 3: StepCheckpoint; 2: the end of epoch 0
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
+    assert step_of(folder / "last.ckpt") == 4
