@@ -39,6 +39,7 @@ from torch import Tensor
 
 from hmc.checks import check_choice, check_node_scores, upcast_half
 from hmc.hierarchy import Hierarchy
+from hmc.hierarchy.marginals import leaf_to_node_log_probs
 from hmc.sweeps import log_conditionals, marginals_from_log_conditionals, path_sums, state_plan
 
 __all__ = [
@@ -156,28 +157,6 @@ def _temperature(temperatures: Mapping[str, Any] | None, name: str) -> Any:
     return temperatures.get(name, 1.0)
 
 
-def _leaf_to_nodes(hierarchy: Hierarchy, leaf_log_probs: Tensor) -> Tensor:
-    """[B, L] log P(leaf) -> [B, N] log P(v) = logsumexp over the leaves below v. O(B x E),
-    E = sum of leaf depths; the shift by each group's max keeps tiny probabilities finite."""
-    plan = state_plan(hierarchy, leaf_log_probs.device)
-    leaves = plan.is_leaf.nonzero().flatten()
-    paths = plan.paths[leaves]  # [L, D], -1 padded
-    valid = paths >= 0
-    src = torch.arange(len(leaves), device=paths.device)[:, None].expand_as(paths)[valid]
-    dst = paths[valid]
-    gathered = leaf_log_probs.index_select(1, src)  # [B, E]
-    index = dst[None, :].expand_as(gathered)
-    shape = (leaf_log_probs.shape[0], hierarchy.num_nodes)
-    top = leaf_log_probs.new_full(shape, -torch.inf).scatter_reduce(
-        1, index, gathered, reduce="amax", include_self=True
-    )
-    top = torch.where(torch.isinf(top), torch.zeros_like(top), top).detach()
-    total = leaf_log_probs.new_zeros(shape).scatter_add(
-        1, index, (gathered - top.gather(1, index)).exp()
-    )
-    return total.log() + top
-
-
 def node_marginals(hierarchy: Hierarchy, output: Any, scores: str = "sigmoid") -> Tensor:
     """[B, N] probability, under the combinatorial state distribution, that each node lies on
     the state's path. Exact, O(B x N), differentiable. Along any path the marginals do not
@@ -219,7 +198,7 @@ def node_log_probabilities(
         if isinstance(t_leaf, float) and t_leaf == 1.0:
             return s
         z = _leaf_logits(hierarchy, output, "a leaf_logits temperature", score_kind)
-        return _leaf_to_nodes(hierarchy, F.log_softmax(z / t_leaf, 1))
+        return leaf_to_node_log_probs(hierarchy, F.log_softmax(z / t_leaf, 1))
     probabilities = resolve_probabilities(output, score_kind, probabilities)
     w = torch.sigmoid(s) if scores == "sigmoid" else s
     if probabilities == "states":
@@ -232,7 +211,7 @@ def node_log_probabilities(
         leaves = plan.is_leaf.nonzero().flatten()
         state_paths = path_sums(plan, (w / t_node).t().contiguous()).t()  # [B, N]
         logits = logits + state_paths[:, leaves]
-    return _leaf_to_nodes(hierarchy, F.log_softmax(logits, 1))
+    return leaf_to_node_log_probs(hierarchy, F.log_softmax(logits, 1))
 
 
 def node_probabilities(

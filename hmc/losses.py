@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from hmc.checks import check_choice, check_node_scores, upcast_half
 from hmc.hierarchy import Hierarchy
+from hmc.hierarchy.marginals import leaf_to_node_log_probs
 from hmc.sweeps import CombinatorialNLL, state_plan
 
 __all__ = [
@@ -195,12 +196,6 @@ class HRNLoss(nn.Module):
         leaf_pos[leaves] = torch.arange(len(leaves))
         self.num_leaves = len(leaves)
         self.register_buffer("leaf_position", leaf_pos, persistent=False)
-        # [N, L] bool: leaf j lies below (or is) node v; for leaf_loss="marginal".
-        paths = hierarchy.tensors().paths[leaves]  # [L, D], -1 padded
-        below = torch.zeros(hierarchy.num_nodes, len(leaves), dtype=torch.bool)
-        rows = torch.arange(len(leaves))[:, None].expand_as(paths)
-        below[paths[paths >= 0], rows[paths >= 0]] = True
-        self.register_buffer("leaf_below", below, persistent=False)
 
     def parts(
         self, node_scores: Tensor, targets: Tensor, leaf_logits: Tensor | None = None
@@ -223,10 +218,10 @@ class HRNLoss(nn.Module):
                 )
             mask, t = _labelled(self.hierarchy, node_scores, targets, self.ignore_index)
             z = upcast_half(leaf_logits)
-            if self.leaf_loss == "marginal":
-                below = self.leaf_below.to(t.device)[t]  # [B, L]
-                hit = torch.logsumexp(torch.where(below, z, torch.full_like(z, -torch.inf)), 1)
-                leaf_ce = _reduce(torch.logsumexp(z, 1) - hit, mask, self.reduction)
+            if self.leaf_loss == "marginal":  # -log of the label's leaves' summed softmax
+                node_lp = leaf_to_node_log_probs(self.hierarchy, F.log_softmax(z, 1))  # [B, N]
+                nll = -node_lp.gather(1, t[:, None]).squeeze(1)
+                leaf_ce = _reduce(nll, mask, self.reduction)
             else:
                 leaf_t = self.leaf_position.to(t.device)[t]
                 mask = mask & (leaf_t >= 0)

@@ -23,6 +23,11 @@ from torch import Tensor, nn
 
 from hmc.checks import upcast_half
 from hmc.hierarchy import Hierarchy
+from hmc.hierarchy.marginals import (
+    leaf_ancestor_pairs,
+    leaf_to_node_log_probs,
+    scatter_logsumexp,
+)
 
 __all__ = [
     "FlatHead",
@@ -269,7 +274,7 @@ class LeafHead(nn.Module):
         self.num_nodes = hierarchy.num_nodes
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(in_features, len(hierarchy.leaves))
-        pair_leaf, pair_node = _leaf_ancestor_pairs(hierarchy)
+        pair_leaf, pair_node = (t.clone() for t in leaf_ancestor_pairs(hierarchy))
         self.register_buffer("pair_leaf", pair_leaf, persistent=False)
         self.register_buffer("pair_node", pair_node, persistent=False)
 
@@ -278,7 +283,7 @@ class LeafHead(nn.Module):
         pooled = x.mean(dim=(2, 3))  # (B, C, H, W) -> (B, C)
         leaf_logits = self.classifier(self.dropout(pooled))  # (B, C) -> (B, L)
         log_p = F.log_softmax(leaf_logits, dim=-1)
-        scores = _scatter_logsumexp(log_p, self.pair_leaf, self.pair_node, self.num_nodes)
+        scores = scatter_logsumexp(log_p, self.pair_leaf, self.pair_node, self.num_nodes)
         features = [pooled for _ in range(self.num_levels)]
         return HeadOutput(scores, leaf_logits, features)
 
@@ -297,36 +302,5 @@ def leaf_log_marginals(hierarchy: Hierarchy, leaf_logits: Tensor) -> Tensor:
             f"{hierarchy!r}), but got {list(leaf_logits.shape)}"
         )
     x = upcast_half(leaf_logits)
-    src, dst = (t.to(x.device) for t in _leaf_ancestor_pairs(hierarchy))
     with torch.autocast(x.device.type, enabled=False):
-        return _scatter_logsumexp(F.log_softmax(x, dim=-1), src, dst, hierarchy.num_nodes)
-
-
-def _leaf_ancestor_pairs(h: Hierarchy) -> tuple[Tensor, Tensor]:
-    """(leaf position j, ancestor column v) for every leaf and every ancestor of it including
-    itself: two [E] long tensors, E = sum of leaf depths."""
-    t = h.tensors()
-    paths = t.paths[t.leaves]  # (L, D), -1 padded
-    valid = paths >= 0
-    leaf_pos = torch.arange(paths.shape[0]).unsqueeze(1).expand_as(paths)
-    return leaf_pos[valid], paths[valid]
-
-
-def _scatter_logsumexp(values: Tensor, src: Tensor, dst: Tensor, num_out: int) -> Tensor:
-    """out[b, v] = logsumexp over pairs e with dst[e] == v of values[b, src[e]].
-    values: [B, L]; src, dst: [E]; -> [B, num_out]. Stable: subtracts each group's max, so
-    probabilities far below float32's range stay finite in log space (a sum of softmax
-    probabilities would give log 0). O(B x E), E = sum of leaf depths; index tensors only, so
-    the LeafHead scripts, traces and exports (tests/test_models.py)."""
-    gathered = values.index_select(1, src)  # (B, E)
-    index = dst.unsqueeze(0).expand_as(gathered)
-    shape = (values.shape[0], num_out)
-    group_max = values.new_full(shape, float("-inf")).scatter_reduce(
-        1, index, gathered, reduce="amax", include_self=True
-    )
-    group_max = torch.where(torch.isinf(group_max), torch.zeros_like(group_max), group_max)
-    group_max = group_max.detach()  # a shift only; keeps the gradient of amax out
-    total = values.new_zeros(shape).scatter_add(
-        1, index, (gathered - group_max.gather(1, index)).exp()
-    )
-    return total.log() + group_max
+        return leaf_to_node_log_probs(hierarchy, F.log_softmax(x, dim=-1))
