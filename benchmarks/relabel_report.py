@@ -197,19 +197,22 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("relabelled (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(
-        "cub-crops-77, frozen EfficientNet-Lite0 features: mean ± std over seeds", fontsize=10
+    regime = (
+        "frozen EfficientNet-Lite0 features"
+        if summary.get("regime", "frozen") == "frozen"
+        else "EfficientNet-Lite0 partially fine-tuned from cached features"
     )
+    fig.suptitle(f"cub-crops-77, {regime}: mean ± std over seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write(summary: dict[str, Any], out: Path) -> None:
-    (out / "relabel_study.md").write_text(markdown(summary))
-    plot(summary, out / "relabel_study.png")
+def write(summary: dict[str, Any], out: Path, stem: str = "relabel_study") -> None:
+    (out / f"{stem}.md").write_text(markdown(summary))
+    plot(summary, out / f"{stem}.png")
 
 
 if __name__ == "__main__":
     src = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/relabel_study.json")
-    write(json.loads(src.read_text()), src.parent)
+    write(json.loads(src.read_text()), src.parent, src.stem)

@@ -10,14 +10,26 @@ used to select anything). ``hmc.data.relabel_targets`` coarsens ``ratio`` of the
 training labels to their parent (species -> family), as the HRN paper does; validation and
 test labels stay fine.
 
-Backbone: timm ``tf_efficientnet_lite0`` with the offline ImageNet weights, frozen. Its
-feature maps ([n, 1280, 7, 7] at 224 px) are computed once and cached as float16 in
-``--cache-dir``. The heads train on the globally average-pooled map, passed as a [n, 1280, 1, 1]
-map (``--pool``, default on): for FlatHead and LeafHead this is exactly what they compute; for
-HRNHead the 1x1 and 3x3 convolutions of each branch reduce to per-level linear layers
-(everything else, BN, MLP, hierarchical residuals, level and leaf classifiers, is the
-package's HRNHead). This keeps the whole study within a CPU budget; ``--no-pool`` trains HRN
-on the 7x7 maps (about 50x the cost).
+Backbone: timm ``tf_efficientnet_lite0`` with the offline ImageNet weights. Its frozen stages
+are run once per image and stored by the package's feature cache (:mod:`hmc.cache`, the same
+code as ``hmc.training.FeatureCache`` in ``hmc fit``), float16, in ``--cache-dir``. Two regimes
+(``--regime``):
+
+- ``frozen``: the whole backbone is frozen; the cache holds its [n, 1280, 7, 7] maps at 224
+  px. The heads train on the globally average-pooled map, passed as a [n, 1280, 1, 1] map
+  (``--pool``, default on): for FlatHead and LeafHead this is exactly what they compute; for
+  HRNHead the 1x1 and 3x3 convolutions of each branch reduce to per-level linear layers
+  (everything else, BN, MLP, hierarchical residuals, level and leaf classifiers, is the
+  package's HRNHead). ``--no-pool`` trains HRN on the 7x7 maps (about 50x the cost).
+- ``finetune``: partial fine-tuning. Stages ``0..--freeze`` (default 6: stem + blocks.0-5) are
+  frozen and cached ([n, 192, 7, 7]); ``blocks.6``, ``conv_head`` and its BatchNorm train
+  together with the head, which sees the 7x7 map (HRN's granularity-specific blocks work on
+  the map, as designed). The backbone's parameter group gets ``--backbone-lr-scale`` times the
+  head's learning rate (the paper's head vs backbone split, 10:1). Frozen BatchNorms keep their
+  ImageNet statistics; the trainable ones train as usual.
+
+The cache holds one fixed view per image (the evaluation transform), so neither regime sees
+the training transform's random crops and colour changes.
 
 Trainings (``TRAININGS``; same epochs, batch, optimiser, schedule and lr x wd grid):
 
@@ -59,14 +71,19 @@ Outputs (``--out``): ``relabel_study.csv`` (one row per run, method, calibration
 ``relabel_study.md`` (tables), ``relabel_study.png``. Every finished run is appended to
 ``<cache-dir>/runs-<key>.jsonl``, so an interrupted study resumes where it stopped.
 
-    python benchmarks/relabel_study.py                               # the full study
+    python benchmarks/relabel_study.py                               # the frozen regime
+    python benchmarks/relabel_study.py --regime finetune             # partial fine-tuning
     python benchmarks/relabel_study.py --ratios 0.5 --seeds 0 --epochs 2 --out /tmp/smoke
+
+Outputs of the ``finetune`` regime are named ``relabel_study_finetune.*``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import fcntl
 import hashlib
 import itertools
 import json
@@ -80,13 +97,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from hmc.cache import cache_key, open_feature_cache, split_backbone, write_feature_cache
 from hmc.data import CSVDataset, build_transforms, relabel_targets, stratified_split
 from hmc.decoding import node_marginals
 from hmc.hierarchy import Hierarchy, load_hierarchy
 from hmc.losses import build_loss
-from hmc.models import create_backbone, create_head
+from hmc.models import backbone_stages, create_backbone, create_head
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = "tf_efficientnet_lite0"
@@ -118,42 +136,46 @@ def load_data(root: Path) -> tuple[CSVDataset, torch.Tensor, Hierarchy]:
 
 
 def feature_cache(
-    ds: CSVDataset, cache_dir: Path, image_size: int, batch_size: int, workers: int
-) -> np.ndarray:
-    """[n, 1280, s, s] float16 feature maps of the frozen backbone, computed once.
+    ds: CSVDataset, args: argparse.Namespace, freeze: int | None
+) -> tuple[np.ndarray, nn.Module | None]:
+    """[n, C, s, s] float16 outputs of the frozen stages ``0..freeze`` (None: the whole
+    backbone), computed once by :mod:`hmc.cache`, and the trainable rest of the backbone
+    (None when everything is frozen).
 
     Eval transform of the weights' config (bicubic, mean = std = 0.5) with crop_pct 1.0:
     the photographs are already centre crops, so the whole image is resized to ``image_size``.
     """
-    key = hashlib.sha256(
-        json.dumps([BACKBONE, WEIGHTS, image_size, [str(p) for p in ds.paths]]).encode()
-    ).hexdigest()[:12]
-    path = cache_dir / f"features-{BACKBONE}-{image_size}px-{key}.npy"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    (cache_dir / ".gitignore").write_text("*\n")  # ~570 MB of features: never committed
-    if path.is_file():
-        return np.load(path, mmap_mode="r")
-    net = create_backbone(BACKBONE, pretrained=WEIGHTS, freeze="all").eval()
-    cfg = {**net.pretrained_cfg, "crop_pct": 1.0, "input_size": (3, image_size, image_size)}
-    ds = ds.with_targets(ds.targets)
-    ds.transform = build_transforms("imagenet", train=False, data_config=cfg)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
-    part = path.with_suffix(".part.npy")
-    out = None
-    t0, done = time.time(), 0
-    with torch.no_grad():
-        for images, _ in loader:
-            fmap = net.forward_features(images)  # (B, 3, S, S) -> (B, 1280, S/32, S/32)
-            if out is None:
-                shape = (len(ds), *fmap.shape[1:])
-                out = np.lib.format.open_memmap(part, mode="w+", dtype=np.float16, shape=shape)
-            out[done : done + len(fmap)] = fmap.numpy().astype(np.float16)
-            done += len(fmap)
-            print(f"  features {done}/{len(ds)} ({time.time() - t0:.0f} s)", flush=True)
-    out.flush()
-    del out
-    part.replace(path)
-    return np.load(path, mmap_mode="r")
+    net = create_backbone(BACKBONE, checkpoint_path=WEIGHTS, freeze=freeze or "all")
+    last = len(backbone_stages(net)) - 1
+    frozen, rest = split_backbone(net, last if freeze is None else freeze)
+    cfg = {
+        **net.pretrained_cfg,
+        "crop_pct": 1.0,
+        "input_size": (3, args.image_size, args.image_size),
+    }
+    images = ds.with_targets(ds.targets)
+    images.transform = build_transforms("imagenet", train=False, data_config=cfg)
+    key = cache_key(
+        frozen,
+        [str(p) for p in ds.paths],
+        images.transform,
+        backbone_name=f"{BACKBONE}:{WEIGHTS}",
+        freeze=last if freeze is None else freeze,
+        flip_view=False,
+    )
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    (args.cache_dir / ".gitignore").write_text("*\n")  # hundreds of MB: never committed
+    folder = write_feature_cache(
+        args.cache_dir,
+        key,
+        frozen,
+        lambda i: images[i][0],
+        len(images),
+        batch_size=32,
+        loader_kwargs=dict(num_workers=args.workers),
+    )
+    array, _ = open_feature_cache(folder)
+    return array[0], (None if freeze is None else rest)
 
 
 # ------------------------------------------------------------- probability models
@@ -369,12 +391,15 @@ def loss_fn(training: str, h: Hierarchy, tree: Tree):
     return total
 
 
-def forward_all(head, feats: Tensor, bs: int = 512) -> tuple[Tensor, Tensor | None]:
+def forward_all(
+    head: nn.Module, trunk: nn.Module, feats: Tensor, bs: int = 256
+) -> tuple[Tensor, Tensor | None]:
     head.eval()
+    trunk.eval()
     xs, zs = [], []
     with torch.no_grad():
         for i in range(0, len(feats), bs):
-            out = head(feats[i : i + bs].float())
+            out = head(trunk(feats[i : i + bs].float()))
             xs.append(out.node_scores)
             zs.append(out.leaf_logits)
     return torch.cat(xs), (None if zs[0] is None else torch.cat(zs))
@@ -391,8 +416,10 @@ def run_one(
     is_test: Tensor,
     tree: Tree,
     args: argparse.Namespace,
+    rest: nn.Module | None = None,
 ) -> list[dict[str, Any]]:
-    """Train one head; one row per (probability model, calibration, decoder)."""
+    """Train one head (and, given the backbone's trainable ``rest``, a fresh copy of it); one
+    row per (probability model, calibration, decoder)."""
     h = tree.h
     t0 = time.time()
     spec = TRAININGS[training]
@@ -403,33 +430,50 @@ def run_one(
     train_t = relabel_targets(h, targets[train_idx], ratio, to="parent", selection="first")
 
     torch.manual_seed(seed)
-    head = create_head(h, spec["head"], feats.shape[1], **head_kwargs(training, args))
+    trunk = nn.Identity() if rest is None else copy.deepcopy(rest)  # ImageNet weights each run
+    in_channels = feats.shape[1] if rest is None else args.rest_channels
+    head = create_head(h, spec["head"], in_channels, **head_kwargs(training, args))
     loss_of = loss_fn(training, h, tree)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd, foreach=True)
+    groups = [dict(params=list(head.parameters()), lr=lr)]
+    trainable = [p for p in trunk.parameters() if p.requires_grad]
+    if trainable:
+        groups.append(dict(params=trainable, lr=lr * args.backbone_lr_scale))
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=wd, foreach=True)
     steps = len(train_idx) // args.batch_size  # drop_last: BatchNorm needs B > 1
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=args.epochs * steps, pct_start=0.1, anneal_strategy="cos"
+        opt,
+        max_lr=[g["lr"] for g in groups],
+        total_steps=args.epochs * steps,
+        pct_start=0.1,
+        anneal_strategy="cos",
     )
     gen = torch.Generator().manual_seed(seed)
     train_feats = feats[train_idx].float()
     for _ in range(args.epochs):
         head.train()
+        trunk.train()
         order = torch.randperm(len(train_idx), generator=gen)
         for b in range(steps):
             rows = order[b * args.batch_size : (b + 1) * args.batch_size]
-            out = head(train_feats[rows])
+            out = head(trunk(train_feats[rows]))
             loss = loss_of(out.node_scores, out.leaf_logits, train_t[rows])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
     train_seconds = time.time() - t0
-    xv, zv = forward_all(head, feats[val_idx])
-    xt, zt = forward_all(head, feats[test_idx])
+    xv, zv = forward_all(head, trunk, feats[val_idx])
+    xt, zt = forward_all(head, trunk, feats[test_idx])
     yv, yt = targets[val_idx], targets[test_idx]
     scores = spec.get("scores", "logits")
     base = dict(
-        training=training, ratio=ratio, seed=seed, lr=lr, wd=wd, train_seconds=train_seconds
+        training=training,
+        regime=args.regime,
+        ratio=ratio,
+        seed=seed,
+        lr=lr,
+        wd=wd,
+        train_seconds=train_seconds,
     )
     if zt is not None:
         base["leaf_head_acc"] = float((tree.leaves[zt.argmax(1)] == yt).float().mean())
@@ -591,6 +635,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # short schedule (eval-mode accuracy near chance at 60 steps); PyTorch's default here.
     p.add_argument("--hrn-bn-momentum", type=float, default=0.1)
     p.add_argument("--pool", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--regime", choices=["frozen", "finetune"], default="frozen")
+    p.add_argument("--freeze", type=int, default=6, help="finetune: last frozen stage (0 = stem)")
+    p.add_argument("--backbone-lr-scale", type=float, default=0.1, help="finetune: backbone lr")
     p.add_argument("--image-size", type=int, default=224)
     # One thread: on a shared machine, more threads than free cores slow PyTorch down badly.
     p.add_argument("--threads", type=int, default=1)
@@ -605,6 +652,9 @@ def run_key(args: argparse.Namespace, h: Hierarchy) -> str:
         for k in ("epochs", "batch_size", "val_fraction", "threshold", "pool", "image_size")
     }
     budget["hrn"] = head_kwargs("hrn_paper", args)
+    if args.regime != "frozen":  # the frozen regime keeps the key of its earlier runs
+        budget.update(regime=args.regime, freeze=args.freeze, scale=args.backbone_lr_scale)
+        budget.pop("pool")
     return hashlib.sha256(
         json.dumps([budget, h.fingerprint(), 2], sort_keys=True).encode()
     ).hexdigest()[:10]
@@ -626,10 +676,15 @@ def main(argv: list[str] | None = None) -> None:
             done.setdefault((r["training"], r["ratio"], r["seed"], r["lr"], r["wd"]), []).append(r)
     grid = list(itertools.product(args.lrs, args.wds))
     feature_seconds = 0.0
+    stem = "relabel_study" + ("" if args.regime == "frozen" else f"_{args.regime}")
     if not args.report_only:
-        feats_np = feature_cache(ds, args.cache_dir, args.image_size, 32, args.workers)
+        finetune = args.regime == "finetune"
+        feats_np, rest = feature_cache(ds, args, args.freeze if finetune else None)
         feats = torch.from_numpy(np.array(feats_np))  # float16, in RAM
-        if args.pool:
+        if finetune:
+            with torch.no_grad():
+                args.rest_channels = rest(feats[:2].float()).shape[1]
+        elif args.pool:
             feats = feats.float().mean((2, 3), keepdim=True)  # [n, 1280, 1, 1]
         feature_seconds = time.time() - start
         print(f"features {tuple(feats.shape)} ready after {feature_seconds:.0f} s", flush=True)
@@ -657,10 +712,11 @@ def main(argv: list[str] | None = None) -> None:
                     if cell in done:
                         continue
                     new = run_one(
-                        training, ratio, seed, lr, wd, feats, ds.targets, is_test, tree, args
+                        training, ratio, seed, lr, wd, feats, ds.targets, is_test, tree, args, rest
                     )
                     with open(log_path, "a") as f:
-                        f.writelines(json.dumps(r) + "\n" for r in new)
+                        fcntl.flock(f, fcntl.LOCK_EX)  # two study processes may share the log
+                        f.write("".join(json.dumps(r) + "\n" for r in new))
                     done[cell] = new
                     best = max(
                         (r for r in new if r["decoder"] in ("marginal", "paper")),
@@ -678,7 +734,7 @@ def main(argv: list[str] | None = None) -> None:
     chosen = select(rows, len(grid))
     table = aggregate(chosen)
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "relabel_study.csv", "w", newline="") as f:
+    with open(args.out / f"{stem}.csv", "w", newline="") as f:
         names = list(dict.fromkeys(k for r in rows for k in r))
         writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
@@ -687,14 +743,25 @@ def main(argv: list[str] | None = None) -> None:
     for k in ("root", "out", "cache_dir", "report_only"):
         config.pop(k)
     summary = dict(
-        description="Issue 12 relabel study on cub-crops-77 (77 CUB species): HRN variants and "
-        "probability models vs FlatHead and LeafHead, frozen tf_efficientnet_lite0 ImageNet "
-        "features, the same lr x wd grid for every method, selected on validation",
+        description="Relabel study on cub-crops-77 (77 CUB species): HRN variants and "
+        "probability models vs FlatHead and LeafHead, tf_efficientnet_lite0 ImageNet weights "
+        + (
+            "frozen (cached features)"
+            if args.regime == "frozen"
+            else f"partially fine-tuned (stages 0-{args.freeze} frozen and cached, the rest trains)"
+        )
+        + ", the same lr x wd grid for every method, selected on validation",
+        regime=args.regime,
         command="python benchmarks/relabel_study.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         hierarchy=repr(h),
-        backbone=f"{BACKBONE} ({WEIGHTS}), frozen, {args.image_size} px"
-        + (", globally pooled" if args.pool else ""),
+        backbone=f"{BACKBONE} ({WEIGHTS}), {args.image_size} px, "
+        + (
+            "frozen" + (", globally pooled" if args.pool else "")
+            if args.regime == "frozen"
+            else f"stages 0-{args.freeze} frozen, the rest trains at "
+            f"{args.backbone_lr_scale:g} x the head's lr"
+        ),
         config=config,
         splits=dict(train_and_val=int((~is_test).sum()), test=int(is_test.sum())),
         wall_seconds_this_invocation=round(wall, 1),
@@ -705,10 +772,10 @@ def main(argv: list[str] | None = None) -> None:
         selected=chosen,
         table=table,
     )
-    (args.out / "relabel_study.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
     import relabel_report  # noqa: PLC0415 - the report is optional for the training part
 
-    relabel_report.write(summary, args.out)
+    relabel_report.write(summary, args.out, stem)
     print(f"wall time {wall / 60:.1f} min; {len(done)} runs")
 
 
