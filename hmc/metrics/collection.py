@@ -34,37 +34,23 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 
 from hmc.hierarchy import Hierarchy
+from hmc.metrics import confusion, levels, ranking
 from hmc.metrics.batch import MetricBatch, as_tensor
-from hmc.metrics.confusion import LevelConfusion
-from hmc.metrics.levels import (
-    FullPathAccuracy,
-    HierarchicalF1,
-    HierarchicalMetric,
-    InconsistencyRate,
-    LevelAccuracy,
-    MistakeSeverity,
-)
-from hmc.metrics.ranking import (
-    AverageHierarchicalDistance,
-    HierarchicalAveragePrecision,
-    LevelCalibrationError,
-    TopKAccuracy,
-)
 
 __all__ = ["METRIC_GROUPS", "PROBABILITY_GROUPS", "HierarchicalMetrics", "evaluate"]
 
 #: Group name -> metric class (``HierarchicalMetrics(metrics=[...])`` takes these names).
-METRIC_GROUPS: dict[str, type[HierarchicalMetric]] = {
-    "acc": LevelAccuracy,
-    "topk": TopKAccuracy,
-    "fpa": FullPathAccuracy,
-    "tice": InconsistencyRate,
-    "hf1": HierarchicalF1,
-    "mistake_severity": MistakeSeverity,
-    "ahd": AverageHierarchicalDistance,
-    "ap": HierarchicalAveragePrecision,
-    "ece": LevelCalibrationError,
-    "confusion": LevelConfusion,
+METRIC_GROUPS: dict[str, type[levels.HierarchicalMetric]] = {
+    "acc": levels.LevelAccuracy,
+    "topk": ranking.TopKAccuracy,
+    "fpa": levels.FullPathAccuracy,
+    "tice": levels.InconsistencyRate,
+    "hf1": levels.HierarchicalF1,
+    "mistake_severity": levels.MistakeSeverity,
+    "ahd": ranking.AverageHierarchicalDistance,
+    "ap": ranking.HierarchicalAveragePrecision,
+    "ece": ranking.LevelCalibrationError,
+    "confusion": confusion.LevelConfusion,
 }
 #: The groups that need ``node_probs``.
 PROBABILITY_GROUPS = ("topk", "ahd", "ap", "ece")
@@ -168,9 +154,9 @@ class HierarchicalMetrics(MetricCollection):
         batch = self._format(node_probs, targets, predictions)
         return self._compute_and_reduce("forward", batch=batch)
 
-    def _confusion(self) -> LevelConfusion:
+    def _confusion(self) -> confusion.LevelConfusion:
         for m in self.values(copy_state=False):
-            if isinstance(m, LevelConfusion):
+            if isinstance(m, confusion.LevelConfusion):
                 return m
         raise ValueError("this needs the 'confusion' metric group, which was left out")
 
