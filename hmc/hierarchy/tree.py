@@ -14,8 +14,10 @@ import difflib
 import hashlib
 import json
 import operator
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cached_property
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -397,12 +399,8 @@ class Hierarchy:
 
     @cached_property
     def _level_offsets(self) -> list[int]:
-        offsets = [0] * (self.num_levels + 1)
-        for n in self._nodes:
-            offsets[self._depth[n]] += 1
-        for d in range(1, len(offsets)):
-            offsets[d] += offsets[d - 1]
-        return offsets
+        sizes = Counter(self._depth.values())  # nodes are level-major: offsets are cumsums
+        return [0, *accumulate(sizes[d] for d in range(1, self.num_levels + 1))]
 
     def leaves_below(self, node: str | int) -> torch.Tensor:
         """[K] columns of the leaves in ``node``'s subtree (``node`` itself if a leaf; all
