@@ -470,7 +470,7 @@ def _predict_parser() -> ArgumentParser:
 
 def predict_main(argv: Sequence[str]) -> int:
     """``hmc predict ...``; returns the exit code."""
-    from hmc.predict import load_model, write_predictions
+    from hmc.predict import load_model
 
     cfg = _predict_parser().parse_args(list(argv))
     given = cfg.data.predict_paths
@@ -500,6 +500,13 @@ def predict_main(argv: Sequence[str]) -> int:
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    return _write_rows(cfg, rows)
+
+
+def _write_rows(cfg: Any, rows: list[dict[str, Any]]) -> int:
+    """Write ``hmc predict``'s rows and its summary lines (both predictors); exit code 0."""
+    from hmc.files import write_predictions
+
     write_predictions(rows, cfg.output, cfg.format)
     bad = sum(1 for r in rows if r.get("error"))
     if bad:
@@ -527,11 +534,9 @@ def _check_device(device: str) -> None:
 
 def _predict_onnx(cfg: Any, paths: list[str]) -> int:
     """``hmc predict --model model.onnx``: :class:`hmc.onnx_predictor.OnnxPredictor`."""
-    from hmc.onnx_predictor import OnnxPredictor, write_predictions
+    from hmc.onnx_predictor import OnnxPredictor
 
-    unsupported = [k for k in ("decoder_kwargs", "report", "labels") if cfg[k]]
-    if cfg.on_bad_image != "raise":
-        unsupported.append("on_bad_image")
+    unsupported = [k for k in ("report", "labels") if cfg[k]]
     if cfg.device != "cpu" or unsupported:
         what = unsupported or [f"device {cfg.device!r}"]
         print(f"error: {what} need --ckpt_path (the ONNX predictor runs on CPU)", file=sys.stderr)
@@ -542,15 +547,14 @@ def _predict_onnx(cfg: Any, paths: list[str]) -> int:
             from hmc.training.artifacts import resolve_hierarchy
 
             hierarchy = resolve_hierarchy(cfg.hierarchy)
-        predictor = OnnxPredictor(cfg.model, hierarchy)
-        rows = predictor.predict_files(paths, cfg.data.batch_size, decoder=cfg.decoder)
+        predictor = OnnxPredictor(
+            cfg.model, hierarchy, decoder=cfg.decoder, decoder_kwargs=cfg.decoder_kwargs
+        )
+        rows = predictor.predict_files(paths, cfg.data.batch_size, on_bad_image=cfg.on_bad_image)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    write_predictions(rows, cfg.output, cfg.format)
-    if cfg.output not in (None, "-"):
-        print(f"hmc predict: {len(rows)} images -> {cfg.output}", file=sys.stderr)
-    return 0
+    return _write_rows(cfg, rows)
 
 
 # ------------------------------------------------------------------------------- export
@@ -558,9 +562,11 @@ def _export_parser() -> ArgumentParser:
     parser = _HintParser(
         prog="hmc export",
         description=(
-            "Write a checkpoint as one ONNX file that holds the model, its decoder and, in its "
-            "metadata, the hierarchy and evaluation transform; `hmc predict --model` and "
-            "hmc.onnx_predictor run it with onnxruntime alone (no torch)."
+            "Write a checkpoint as one ONNX file that holds the model and, in its metadata, the "
+            "hierarchy, decoder, probability model, calibration and evaluation transform; "
+            "`hmc predict --model` and hmc.onnx_predictor run it with numpy and onnxruntime "
+            "alone (no torch). The graph outputs the head's raw outputs and the predictor "
+            "decodes (any decoder); --decode_in_graph true exports the decoding too."
         ),
     )
     parser.add_argument("-c", "--config", action=_config_action())
@@ -570,6 +576,12 @@ def _export_parser() -> ArgumentParser:
         "--decoder", type=str | None, default=None, help="default: the checkpoint's"
     )
     parser.add_argument("--decoder_kwargs", type=dict | None, default=None)
+    parser.add_argument(
+        "--decode_in_graph",
+        type=bool,
+        default=False,
+        help="export the decoding too: outputs nodes and probabilities, decoder fixed",
+    )
     return parser
 
 
@@ -580,7 +592,11 @@ def export_main(argv: Sequence[str]) -> int:
     cfg = _export_parser().parse_args(list(argv))
     try:
         path = export(
-            cfg.ckpt_path, cfg.output, decoder=cfg.decoder, decoder_kwargs=cfg.decoder_kwargs
+            cfg.ckpt_path,
+            cfg.output,
+            decoder=cfg.decoder,
+            decoder_kwargs=cfg.decoder_kwargs,
+            decode_in_graph=cfg.decode_in_graph,
         )
     except (OSError, ValueError, ExportError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,16 +1,23 @@
 """``hmc export``: one self-describing ONNX file from an hmc checkpoint (:func:`export`).
 
-The graph is :class:`hmc.Predictor`'s own computation, traced by ``torch.onnx.export``
-(dynamo): the model, the calibration and :func:`hmc.decoding.decode` with the chosen decoder,
-so the decoding rules stay in :mod:`hmc.decoding` alone. Input ``images`` [B, 3, S, S] float32
-(B dynamic, S fixed by the checkpoint's evaluation transform); outputs ``nodes`` [B, D] int64,
-``probs`` [B, D] and ``node_probs`` [B, N] float32 (see :class:`hmc.decoding.Decoded`).
+Input ``images`` [B, 3, S, S] float32 (B dynamic, S fixed by the checkpoint's evaluation
+transform). Two modes (``decode_in_graph``, recorded in the metadata):
+
+- default (False): the graph is the model alone and outputs the head's raw outputs,
+  ``node_scores`` [B, N] and, where the head has them, ``leaf_logits`` [B, L] float32;
+  :mod:`hmc.onnx_predictor` decodes them in numpy (:mod:`hmc.numpy_decoding`, the rules of
+  :mod:`hmc.decoding`), with the stored decoder or one chosen at predict time.
+- True: the graph is :class:`hmc.Predictor`'s whole computation, traced by
+  ``torch.onnx.export`` (dynamo): the model, the calibration and :func:`hmc.decoding.decode`
+  with the decoder fixed at export; outputs ``nodes`` [B, D] int64, ``probs`` [B, D] and
+  ``node_probs`` [B, N] float32 (see :class:`hmc.decoding.Decoded`).
 
 The metadata entry ``"hmc"`` (JSON) holds what :class:`hmc.onnx_predictor.OnnxPredictor` needs:
 the format, the hmc version, the hierarchy (``to_dict()``) and its fingerprint, the decoder and
-its ``decoder_kwargs``, ``score_kind`` and ``scores``, the calibration if any, the model config,
-and the evaluation transform spelled out as resize / centre crop / interpolation / mean / std.
-Needs the ``export`` extra (onnx, onnxscript); checking the file needs onnxruntime.
+its ``decoder_kwargs``, ``score_kind``, ``scores`` and ``probabilities``, the calibration if
+any, ``decode_in_graph`` and the output names, the model config, and the evaluation transform
+spelled out as resize / centre crop / interpolation / mean / std. Needs the ``export`` extra
+(onnx, onnxscript); checking the file needs onnxruntime.
 """
 
 from __future__ import annotations
@@ -27,7 +34,16 @@ import torch
 from torch import Tensor, nn
 
 from hmc.decoding import check_decoder
-from hmc.onnx_predictor import FORMAT, INPUT, METADATA_KEY, OUTPUTS, hmc_version, preprocess
+from hmc.onnx_predictor import (
+    DECODED_OUTPUTS,
+    FORMAT,
+    INPUT,
+    METADATA_KEY,
+    RAW_OUTPUTS,
+    OnnxPredictor,
+    hmc_version,
+    preprocess,
+)
 from hmc.predict import Predictor, load_model
 
 __all__ = ["ExportError", "export", "transform_spec"]
@@ -90,8 +106,21 @@ def _timm_spec(data_config: dict[str, Any] | None, image_size: int | None) -> di
     }
 
 
+class _Raw(nn.Module):
+    """The model's raw outputs as a tuple: the graph of the default mode."""
+
+    def __init__(self, predictor: Predictor, leaf_logits: bool):
+        super().__init__()
+        self.model = predictor.model
+        self.leaf_logits = leaf_logits
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        out = self.model(images)
+        return (out.node_scores, out.leaf_logits) if self.leaf_logits else (out.node_scores,)
+
+
 class _Deployed(nn.Module):
-    """``predictor(images)`` as a module: the graph that ``hmc export`` traces."""
+    """``predictor(images)`` as a module: the graph of ``decode_in_graph=True``."""
 
     def __init__(self, predictor: Predictor, decoder: str, decoder_kwargs: dict[str, Any]):
         super().__init__()
@@ -115,6 +144,7 @@ def export(
     decoder: str | None = None,
     decoder_kwargs: dict[str, Any] | None = None,
     transform_kwargs: dict[str, Any] | None = None,
+    decode_in_graph: bool = False,
     check: bool = True,
 ) -> Path:
     """Write ``checkpoint`` as one self-describing ONNX file (see the module docstring).
@@ -122,12 +152,16 @@ def export(
     Args:
         checkpoint: an hmc ``.ckpt`` (``hmc fit``), or a :class:`hmc.Predictor`.
         output: the ``.onnx`` file to write.
-        decoder, decoder_kwargs: the decoder exported into the graph; default the checkpoint's
-            (with its options).
+        decoder, decoder_kwargs: the file's decoder; default the checkpoint's (with its
+            options). With ``decode_in_graph`` the only one the file can use, else the
+            predictor's default (another can be chosen at predict time).
         transform_kwargs: the evaluation transform (``build_transforms`` keywords), if the
             checkpoint has none or another is wanted.
-        check: run ``onnx.checker`` and compare ONNX Runtime with the PyTorch predictor on a
-            few images (same nodes, probabilities within 1e-4); raise if they differ.
+        decode_in_graph: export the decoding into the graph (outputs ``nodes``, ``probs``,
+            ``node_probs``) instead of the head's raw outputs (module docstring).
+        check: run ``onnx.checker`` and compare :class:`hmc.onnx_predictor.OnnxPredictor` on
+            the file with the PyTorch predictor on a few images (same nodes, probabilities
+            within 1e-4); raise if they differ.
 
     Returns:
         The path written.
@@ -156,21 +190,29 @@ def export(
         )
     spec = transform_spec(tcfg)
     size = spec["crop"]
-    wrapper = _Deployed(predictor, decoder, decoder_kwargs).eval()
     x = _probe_images(size)
     with torch.no_grad():
+        has_leaf = predictor.model(x).leaf_logits is not None
+    if decode_in_graph:
+        wrapper: nn.Module = _Deployed(predictor, decoder, decoder_kwargs).eval()
+        outputs = list(DECODED_OUTPUTS)
+    else:
+        wrapper = _Raw(predictor, has_leaf).eval()
+        outputs = list(RAW_OUTPUTS[: 2 if has_leaf else 1])
+    decoding = f"the decoding (decoder {decoder!r})" if decode_in_graph else None
+    with torch.no_grad():
         wrapper(x)  # builds the hierarchy's index tensors outside the trace
-        program = _trace(wrapper, x, source)
-    program.model.metadata_props[METADATA_KEY] = json.dumps(
-        _metadata(predictor, decoder, decoder_kwargs, spec)
-    )
+        program = _trace(wrapper, x, source, outputs, decoding)
+    meta = _metadata(predictor, decoder, decoder_kwargs, spec)
+    meta.update(decode_in_graph=bool(decode_in_graph), outputs=outputs)
+    program.model.metadata_props[METADATA_KEY] = json.dumps(meta)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(output))
     if check:
         onnx.checker.check_model(str(output), full_check=True)
         _check_transform(tcfg, spec)
-        _check_against_torch(output, wrapper, size)
+        _check_against_torch(output, predictor, decoder, decoder_kwargs, size)
     return output
 
 
@@ -179,11 +221,11 @@ def _probe_images(size: int, batch: int = 2) -> Tensor:
     return torch.randn(batch, 3, size, size, generator=g)
 
 
-def _trace(wrapper: _Deployed, x: Tensor, source: str):
+def _trace(wrapper: nn.Module, x: Tensor, source: str, outputs: list[str], decoding: str | None):
     batch = torch.export.Dim("batch", min=1)
     kwargs = dict(
         input_names=[INPUT],
-        output_names=list(OUTPUTS),
+        output_names=outputs,
         dynamic_shapes=({0: batch},),
         dynamo=True,
         verbose=False,
@@ -193,7 +235,7 @@ def _trace(wrapper: _Deployed, x: Tensor, source: str):
             warnings.simplefilter("ignore")
             return torch.onnx.export(wrapper, (x,), None, **kwargs)
     except Exception as err:
-        name, module = _failing_module(wrapper, x)
+        name, module = _failing_module(wrapper, x, decoding)
         raise ExportError(
             f"cannot export {source} to ONNX: {name} ({type(module).__name__}) cannot be "
             f"traced by torch.onnx.export: {_root_cause(err)}"
@@ -218,9 +260,10 @@ def _exports(module: nn.Module, args: tuple[Any, ...]) -> bool:
         return False
 
 
-def _failing_module(wrapper: _Deployed, x: Tensor) -> tuple[str, nn.Module]:
-    """The deepest module that fails to export on its own with the inputs it got in an eager
-    forward: ``"module 'head.levels.0'"``, or the decoding when the whole model exports."""
+def _failing_module(wrapper: nn.Module, x: Tensor, decoding: str | None) -> tuple[str, Any]:
+    """The deepest module of ``wrapper.model`` that fails to export on its own with the inputs
+    it got in an eager forward: ``"module 'head.levels.0'"``, or ``decoding`` (the decoding in
+    the graph, with the Predictor) when the whole model exports."""
     model = wrapper.model
     seen: dict[str, tuple[Any, ...]] = {}
     hooks = [
@@ -233,8 +276,8 @@ def _failing_module(wrapper: _Deployed, x: Tensor) -> tuple[str, nn.Module]:
     finally:
         for hook in hooks:
             hook.remove()
-    if _exports(model, seen[""]):
-        return f"the decoding (decoder {wrapper.decoder!r})", wrapper.predictor
+    if decoding is not None and _exports(model, seen[""]):
+        return decoding, wrapper.predictor
     modules = dict(model.named_modules())
     name = ""
     while True:
@@ -269,11 +312,11 @@ def _metadata(
         "decoder_kwargs": decoder_kwargs,
         "score_kind": predictor.score_kind,
         "scores": predictor.scores,
+        "probabilities": predictor.probabilities,
         "calibration": calibration.to_dict() if calibration is not None else None,
         "model_config": predictor.model.config,
         "transform": spec,
         "input": INPUT,
-        "outputs": list(OUTPUTS),
     }
 
 
@@ -298,16 +341,16 @@ def _check_transform(config: dict[str, Any], spec: dict[str, Any]) -> None:
             )
 
 
-def _check_against_torch(path: Path, wrapper: _Deployed, size: int) -> None:
-    import onnxruntime as ort
-
+def _check_against_torch(
+    path: Path, predictor: Predictor, decoder: str, decoder_kwargs: dict[str, Any], size: int
+) -> None:
+    """The file, run by :class:`OnnxPredictor`, decodes probe images as the PyTorch predictor."""
     x = _probe_images(size, batch=3)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(list(OUTPUTS), {INPUT: x.numpy()})
-    with torch.no_grad():
-        ref = [t.numpy() for t in wrapper(x)]
-    same_nodes = np.array_equal(got[0], ref[0])
-    diff = max(float(np.abs(g - r).max()) for g, r in zip(got[1:], ref[1:], strict=True))
+    got = OnnxPredictor(path, threads=1)(x.numpy())
+    ref = predictor(x, decoder, decoder_kwargs)
+    same_nodes = np.array_equal(got.nodes, ref.nodes.numpy())
+    pairs = [(got.probs, ref.probs), (got.node_probs, ref.node_probs)]
+    diff = max(float(np.abs(g - r.numpy()).max()) for g, r in pairs)
     if not same_nodes or diff > 1e-4:
         raise ExportError(
             f"{str(path)!r}: ONNX Runtime and PyTorch disagree on probe images (nodes equal: "

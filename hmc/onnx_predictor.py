@@ -3,38 +3,42 @@
 No torch (nor networkx, timm, Lightning): install ``hmc`` without its dependencies (``pip
 install --no-deps hmc``) next to ``numpy pillow onnxruntime`` and run ::
 
-    python -m hmc.onnx_predictor model.onnx images/ --output preds.csv
+    python -m hmc.onnx_predictor model.onnx images/ --output preds.csv [--decoder threshold]
 
 The file is self-describing: its metadata entry ``"hmc"`` (JSON) holds the hierarchy
-(``Hierarchy.to_dict()``), the decoder and its ``decoder_kwargs``, the calibration, and the
-evaluation transform spelled out as resize / centre crop / mean / std. The graph itself runs the
-model *and* :class:`hmc.Predictor`'s decoding (calibration included), so the decoding rules live
-only in :mod:`hmc.decoding`; this module preprocesses, runs the graph and writes the same rows
-as ``hmc predict``.
+(``Hierarchy.to_dict()``), the decoder and its ``decoder_kwargs``, ``score_kind``, ``scores``,
+the probability model, the calibration, the evaluation transform spelled out as resize / centre
+crop / mean / std, and ``decode_in_graph``. By default (``decode_in_graph`` false) the graph
+outputs the head's raw outputs (``node_scores`` [B, N], and ``leaf_logits`` [B, L] where the
+head has them) and :mod:`hmc.numpy_decoding` decodes them with the rules of
+:mod:`hmc.decoding`, with the file's decoder or another one chosen at predict time. A file
+exported with ``decode_in_graph=True`` outputs ``nodes``, ``probs`` and ``node_probs``
+directly, and only its own decoder can be used. Either way this module preprocesses, runs the
+graph and writes the same rows as ``hmc predict`` (with :mod:`hmc.files`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
 import json
-import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
+from hmc.files import list_images, predict_images, prediction_rows, row_columns, write_predictions
+from hmc.numpy_decoding import DECODERS, Decoded, TreePlan, check_decoder, decode
+
 __all__ = [
+    "DECODED_OUTPUTS",
     "FORMAT",
-    "IMAGE_SUFFIXES",
     "METADATA_KEY",
+    "RAW_OUTPUTS",
     "ModelMismatchError",
     "NotAnHmcModelError",
-    "OnnxDecoded",
     "OnnxPredictor",
     "hierarchy_fingerprint",
     "hmc_version",
@@ -45,11 +49,13 @@ __all__ = [
     "write_predictions",
 ]
 
-FORMAT = "hmc-onnx/1"  # bump the number when a reader of the old format would misread the file
+FORMAT = "hmc-onnx/2"  # bump the number when a reader of the old format would misread the file
+# Older formats read with defaults for the keys they lack (/1 always decoded in the graph).
+_UPGRADES: dict[str, dict[str, Any]] = {"hmc-onnx/1": {"decode_in_graph": True}}
 METADATA_KEY = "hmc"
 INPUT = "images"
-OUTPUTS = ("nodes", "probs", "node_probs")
-IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+RAW_OUTPUTS = ("node_scores", "leaf_logits")  # leaf_logits only where the head has them
+DECODED_OUTPUTS = ("nodes", "probs", "node_probs")  # decode_in_graph
 # PIL's resampling filters by the names torchvision and timm use.
 INTERPOLATIONS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
@@ -60,15 +66,6 @@ class NotAnHmcModelError(ValueError):
 
 class ModelMismatchError(ValueError):
     """A file whose format version or hierarchy does not match what the caller expects."""
-
-
-class OnnxDecoded(NamedTuple):
-    """nodes: [B, D] int64 column per level, -1 below an early stop. probs: [B, D] float32
-    probability of each chosen node (0 where -1). node_probs: [B, N] float32."""
-
-    nodes: np.ndarray
-    probs: np.ndarray
-    node_probs: np.ndarray
 
 
 def hierarchy_fingerprint(hierarchy: Mapping[str, Any]) -> str:
@@ -131,13 +128,16 @@ def _check_metadata(props: Mapping[str, str], path: Path) -> dict[str, Any]:
             f"{str(path)!r} is not an hmc model (its {METADATA_KEY!r} metadata is not JSON: "
             f"{err}); export it with `hmc export`"
         ) from err
+    if isinstance(meta, dict) and meta.get("format") in _UPGRADES:
+        meta = {**_UPGRADES[meta["format"]], **meta, "format": FORMAT}
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise ModelMismatchError(
             f"{str(path)!r} is in format {found!r} (written by hmc "
             f"{meta.get('hmc_version') if isinstance(meta, dict) else None}), but this "
-            f"predictor (hmc {hmc_version()}) reads {FORMAT!r}; use the hmc version that wrote it "
-            "or export the checkpoint again with this one"
+            f"predictor (hmc {hmc_version()}) reads {FORMAT!r} (and "
+            f"{', '.join(map(repr, _UPGRADES))}); use the hmc version that wrote it or export "
+            "the checkpoint again with this one"
         )
     stored = hierarchy_fingerprint(meta["hierarchy"])
     if stored != meta.get("fingerprint"):
@@ -193,27 +193,41 @@ def preprocess(image: Any, transform: Mapping[str, Any]) -> np.ndarray:
 # -------------------------------------------------------------------------- predictor
 class OnnxPredictor:
     """An exported hmc model on ONNX Runtime: ``predictor(images)`` on a [B, 3, S, S] float32
-    batch returns :class:`OnnxDecoded`; :meth:`predict_files` reads images and returns the rows
-    of ``hmc predict``.
+    batch returns :class:`hmc.numpy_decoding.Decoded`; :meth:`predict_files` reads images and
+    returns the rows of ``hmc predict``. The ONNX twin of :func:`hmc.load_model` and the
+    :class:`hmc.Predictor` it returns, with the same decoder rules.
 
     Args:
         path: an ``.onnx`` file written by ``hmc export``.
         hierarchy: optional; if given (an ``hmc.Hierarchy``, its ``to_dict()`` or a JSON file of
             it) it must be the file's own hierarchy, else :class:`ModelMismatchError`.
+        decoder: override the file's decoder (:data:`hmc.numpy_decoding.DECODERS`);
+            decoder_kwargs: its options, by default the file's own when ``decoder`` is the
+            file's decoder, else the decoder's defaults. A file decoded in its graph
+            (``decode_in_graph``) takes only its own decoder and options (ValueError).
         threads: intra-op threads of ONNX Runtime (default: its own choice).
+
+    Attributes: ``decoder``, ``decoder_kwargs``, ``decode_in_graph``, ``score_kind``,
+    ``scores``, ``probabilities``, ``temperatures``, ``transform``, ``metadata``.
     """
 
     def __init__(
-        self, path: str | Path, hierarchy: Any = None, *, threads: int | None = None
+        self,
+        path: str | Path,
+        hierarchy: Any = None,
+        *,
+        decoder: str | None = None,
+        decoder_kwargs: dict[str, Any] | None = None,
+        threads: int | None = None,
     ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.metadata = read_metadata(self.path)
-        h = self.metadata["hierarchy"]
+        self.metadata = meta = read_metadata(self.path)
+        h = meta["hierarchy"]
         if hierarchy is not None:
             given = _as_hierarchy_dict(hierarchy)
-            if hierarchy_fingerprint(given) != self.metadata["fingerprint"]:
+            if hierarchy_fingerprint(given) != meta["fingerprint"]:
                 raise ModelMismatchError(
                     f"ONNX model {str(self.path)!r} was exported for hierarchy "
                     f"{_describe(h)}, but the hierarchy given is {_describe(given)}. The "
@@ -223,9 +237,19 @@ class OnnxPredictor:
         self.level_names = tuple(h["level_names"])
         self.nodes = tuple(row[0] for row in h["nodes"])
         self.names = tuple(row[2] for row in h["nodes"])
-        self.decoder = self.metadata["decoder"]
-        self.decoder_kwargs = dict(self.metadata.get("decoder_kwargs") or {})
-        self.transform = self.metadata["transform"]
+        self.decode_in_graph = bool(meta["decode_in_graph"])
+        stored = meta["decoder"], dict(meta.get("decoder_kwargs") or {})
+        if decoder is None or decoder == stored[0]:  # load_model's rule
+            decoder, decoder_kwargs = stored[0], {**stored[1], **(decoder_kwargs or {})}
+        self.decoder = decoder
+        self.decoder_kwargs = self._checked(decoder, decoder_kwargs)
+        self.score_kind = meta.get("score_kind")
+        self.scores = meta.get("scores")
+        self.probabilities = meta.get("probabilities")
+        self.temperatures = dict((meta.get("calibration") or {}).get("temperatures", {}))
+        self.transform = meta["transform"]
+        self.outputs = list(meta.get("outputs") or DECODED_OUTPUTS)
+        self.plan = None if self.decode_in_graph else TreePlan(h)
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
@@ -234,8 +258,24 @@ class OnnxPredictor:
             str(self.path), options, providers=["CPUExecutionProvider"]
         )
 
-    def __call__(self, images: np.ndarray) -> OnnxDecoded:
-        """images: [B, 3, S, S] float32 -> OnnxDecoded(nodes [B, D], probs [B, D], [B, N])."""
+    def _checked(self, decoder: str, decoder_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+        """The decoder's options with defaults; for a file decoded in its graph, only the
+        decoder and options exported into it."""
+        options = check_decoder(decoder, decoder_kwargs)
+        meta = self.metadata
+        stored = meta["decoder"], check_decoder(meta["decoder"], meta.get("decoder_kwargs"))
+        if self.decode_in_graph and (decoder, options) != stored:
+            raise ValueError(
+                f"{str(self.path)!r} decodes with {stored[0]!r} {stored[1]} inside its graph, "
+                f"but decoder {decoder!r} {options} was asked for; export again without "
+                f"--decode_in_graph to choose the decoder at predict time, or with "
+                f"`hmc export --decoder {decoder}`"
+            )
+        return options
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's outputs by name (:data:`RAW_OUTPUTS` or :data:`DECODED_OUTPUTS`) for
+        images [B, 3, S, S] float32."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         s = int(self.transform["crop"])
         if images.ndim != 4 or images.shape[1:] != (3, s, s):
@@ -243,61 +283,75 @@ class OnnxPredictor:
                 f"Expected images of shape [B, 3, {s}, {s}] (the exported size), but got "
                 f"{list(images.shape)}"
             )
-        nodes, probs, node_probs = self.session.run(list(OUTPUTS), {INPUT: images})
-        return OnnxDecoded(nodes, probs, node_probs)
+        return dict(zip(self.outputs, self.session.run(self.outputs, {INPUT: images}), strict=True))
 
-    def _check_decoder(self, decoder: str | None) -> None:
-        if decoder is not None and decoder != self.decoder:
-            raise ValueError(
-                f"{str(self.path)!r} decodes with {self.decoder!r} inside its graph, but "
-                f"decoder {decoder!r} was asked for; export again with "
-                f"`hmc export --decoder {decoder}`"
+    def _resolve(
+        self, decoder: str | None, decoder_kwargs: dict[str, Any] | None
+    ) -> tuple[str, dict[str, Any]]:
+        # hmc.Predictor.__call__'s rule: another decoder starts from its defaults.
+        if decoder is None:
+            decoder, decoder_kwargs = (
+                self.decoder,
+                {**self.decoder_kwargs, **(decoder_kwargs or {})},
             )
+        return decoder, self._checked(decoder, decoder_kwargs)
 
-    def rows(self, decoded: OnnxDecoded, names: Sequence[str]) -> list[dict[str, Any]]:
+    def __call__(
+        self,
+        images: np.ndarray,
+        decoder: str | None = None,
+        decoder_kwargs: dict[str, Any] | None = None,
+    ) -> Decoded:
+        """images: [B, 3, S, S] float32 -> Decoded(nodes [B, D], probs [B, D], node_probs
+        [B, N]). ``decoder`` overrides the predictor's; its options are then
+        ``decoder_kwargs`` (else its defaults), as in :meth:`hmc.Predictor.__call__`."""
+        decoder, options = self._resolve(decoder, decoder_kwargs)
+        out = self.run(images)
+        if self.decode_in_graph:
+            return Decoded(out["nodes"], out["probs"], out["node_probs"])
+        return decode(
+            self.plan,
+            out["node_scores"],
+            out.get("leaf_logits"),
+            decoder,
+            score_kind=self.score_kind,
+            scores=self.scores,
+            probabilities=self.probabilities,
+            temperatures=self.temperatures,
+            **options,
+        )
+
+    def rows(self, decoded: Decoded, names: Sequence[str]) -> list[dict[str, Any]]:
         """One flat dict per sample, the same keys and values as :meth:`hmc.Predictor.rows`."""
-        out = []
-        for name, cols, ps in zip(
-            names, decoded.nodes.tolist(), decoded.probs.tolist(), strict=True
-        ):
-            row: dict[str, Any] = {"image": name}
-            chosen = [c for c in cols if c >= 0]
-            row["prediction"] = self.nodes[chosen[-1]] if chosen else ""
-            row["prediction_name"] = self.names[chosen[-1]] if chosen else ""
-            row["path"] = " > ".join(self.names[c] for c in chosen)
-            for level, c, p in zip(self.level_names, cols, ps, strict=True):
-                row[level] = self.nodes[c] if c >= 0 else ""
-                row[f"{level}_name"] = self.names[c] if c >= 0 else ""
-                row[f"{level}_prob"] = round(float(p), 6) if c >= 0 else None
-            out.append(row)
-        return out
+        nodes, probs = decoded.nodes.tolist(), decoded.probs.tolist()
+        return prediction_rows(names, nodes, probs, self.level_names, self.nodes, self.names)
 
     def predict_files(
-        self, paths: Iterable[str | Path], batch_size: int = 32, decoder: str | None = None
+        self,
+        paths: Iterable[str | Path],
+        batch_size: int = 32,
+        decoder: str | None = None,
+        decoder_kwargs: dict[str, Any] | None = None,
+        on_bad_image: str = "raise",
     ) -> list[dict[str, Any]]:
-        """Rows (see :meth:`rows`) for image files and folders (searched recursively).
-        ``decoder`` may only name the decoder exported into the graph."""
-        from PIL import Image
-
-        self._check_decoder(decoder)
-        files = list_images(paths)
-        rows: list[dict[str, Any]] = []
-        for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
-            batch = []
-            for f in chunk:
-                try:
-                    with Image.open(f) as img:
-                        batch.append(preprocess(img, self.transform))
-                except OSError as err:
-                    raise OSError(f"cannot read image {str(f)!r}: {err}") from err
-            rows.extend(self.rows(self(np.stack(batch)), [str(f) for f in chunk]))
-        return rows
+        """Rows (see :meth:`rows`) for image files and folders (searched recursively), in the
+        order of the files, as :meth:`hmc.Predictor.predict_files` (``on_bad_image="skip"``:
+        an unreadable file gets a row with empty predictions and an ``error`` column)."""
+        self._resolve(decoder, decoder_kwargs)  # a wrong decoder fails before any image is read
+        return predict_images(
+            list_images(paths),
+            lambda img: preprocess(img, self.transform),
+            lambda batch, names: self.rows(self(np.stack(batch), decoder, decoder_kwargs), names),
+            row_columns(self.level_names),
+            batch_size,
+            on_bad_image,
+        )
 
     def __repr__(self) -> str:
         return (
             f"OnnxPredictor({str(self.path)!r}, levels={list(self.level_names)}, "
-            f"decoder={self.decoder!r}, image_size={self.transform['crop']})"
+            f"decoder={self.decoder!r}, decoder_kwargs={self.decoder_kwargs}, "
+            f"decode_in_graph={self.decode_in_graph}, image_size={self.transform['crop']})"
         )
 
 
@@ -308,66 +362,6 @@ def _describe(h: Mapping[str, Any]) -> str:
         f"{label}(levels {list(h['level_names'])}, {len(h['nodes'])} nodes, fingerprint "
         f"{hierarchy_fingerprint(h)})"
     )
-
-
-# ------------------------------------------------------------------- files in and out
-# Torch-free twins of hmc.data.list_images and hmc.predict.write_predictions (those modules
-# import torch); tests/test_export.py checks that they agree.
-def list_images(paths: Iterable[str | Path] | str | Path) -> list[Path]:
-    """Image files given directly, or found in folders (recursively, symlinked folders not
-    followed, sorted), in the given order; the same files as :func:`hmc.data.list_images`."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    files: list[Path] = []
-    for p in map(Path, paths):
-        p = p.expanduser()
-        if p.is_dir():
-            found = sorted(
-                Path(dirpath) / f
-                for dirpath, _, names in os.walk(p)
-                for f in names
-                if f.lower().endswith(IMAGE_SUFFIXES)
-            )
-            if not found:
-                raise FileNotFoundError(
-                    f"folder {str(p)!r} holds no images (looked for {list(IMAGE_SUFFIXES)})"
-                )
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"no such image file or folder: {str(p)!r}")
-    if not files:
-        raise ValueError("Expected at least one image file or folder, but got none")
-    return files
-
-
-def write_predictions(
-    rows: Sequence[dict[str, Any]], output: str | Path | None, format: str | None = None
-) -> None:
-    """Write rows as CSV or JSON (a list of objects); the format defaults to the file suffix,
-    CSV for stdout (``output`` None or ``"-"``)."""
-    to_stdout = output is None or str(output) == "-"
-    if format is None:
-        format = "json" if not to_stdout and str(output).lower().endswith(".json") else "csv"
-    if format not in ("csv", "json"):
-        raise ValueError(
-            f"Expected argument `format` to be one of ['csv', 'json'], but got {format!r}"
-        )
-    buf = io.StringIO()
-    if format == "json":
-        json.dump(list(rows), buf, indent=1, ensure_ascii=False)
-        buf.write("\n")
-    else:
-        fields = list(rows[0]) if rows else ["image"]
-        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    if to_stdout:
-        sys.stdout.write(buf.getvalue())
-    else:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(buf.getvalue(), encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------- main
@@ -384,14 +378,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     parser.add_argument("--hierarchy", default=None, help="a to_dict() JSON file to check")
+    parser.add_argument(
+        "--decoder",
+        default=None,
+        help=f"one of {list(DECODERS)}; default: the file's",
+    )
+    parser.add_argument(
+        "--decoder_kwargs", type=json.loads, default=None, help="JSON, e.g. '{\"threshold\": 0.7}'"
+    )
+    parser.add_argument("--on_bad_image", choices=["raise", "skip"], default="raise")
     args = parser.parse_args(argv)
     try:
-        predictor = OnnxPredictor(args.model, args.hierarchy, threads=args.threads)
-        rows = predictor.predict_files(args.paths, batch_size=args.batch_size)
+        predictor = OnnxPredictor(
+            args.model,
+            args.hierarchy,
+            decoder=args.decoder,
+            decoder_kwargs=args.decoder_kwargs,
+            threads=args.threads,
+        )
+        rows = predictor.predict_files(args.paths, args.batch_size, on_bad_image=args.on_bad_image)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     write_predictions(rows, args.output, args.format)
+    if bad := sum(1 for r in rows if r.get("error")):
+        print(
+            f"hmc.onnx_predictor: {bad} of {len(rows)} images could not be read (rows with an "
+            "error)",
+            file=sys.stderr,
+        )
     if args.output not in (None, "-"):
         print(f"hmc.onnx_predictor: {len(rows)} images -> {args.output}", file=sys.stderr)
     return 0

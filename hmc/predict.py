@@ -15,11 +15,7 @@ with ``probabilities="states"`` (what they were evaluated with) and no calibrati
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import pickle
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,8 +25,8 @@ from torch import Tensor, nn
 
 from hmc.calibration import Calibration
 from hmc.checks import check_choice
-from hmc.data import list_images  # the one image lister (HMCDataModule(predict_paths) uses it)
 from hmc.decoding import SCORES, Decoded, check_decoder, decode, resolve_probabilities
+from hmc.files import list_images, predict_images, prediction_rows, row_columns, write_predictions
 from hmc.hierarchy import Hierarchy, HierarchyError
 
 __all__ = [
@@ -215,25 +211,13 @@ class Predictor:
         )
 
     def rows(self, decoded, names: Sequence[str]) -> list[dict[str, Any]]:
-        """One flat dict per sample: ``image``, ``prediction`` (deepest decoded id),
-        ``prediction_name``, ``path`` (display names joined by " > "), then per level
+        """One flat dict per sample (:func:`hmc.files.prediction_rows`): ``image``,
+        ``prediction`` (deepest decoded id), ``prediction_name``, ``path``, then per level
         ``<level>`` (id, "" below an early stop), ``<level>_name`` and ``<level>_prob``."""
         h = self.hierarchy
         nodes = decoded.nodes.cpu().tolist()
         probs = decoded.probs.float().cpu().tolist()
-        out = []
-        for name, cols, ps in zip(names, nodes, probs, strict=True):
-            row: dict[str, Any] = {"image": name}
-            chosen = [c for c in cols if c >= 0]
-            row["prediction"] = h.nodes[chosen[-1]] if chosen else ""
-            row["prediction_name"] = h.name(chosen[-1]) if chosen else ""
-            row["path"] = " > ".join(h.name(c) for c in chosen)
-            for level, c, p in zip(h.level_names, cols, ps, strict=True):
-                row[level] = h.nodes[c] if c >= 0 else ""
-                row[f"{level}_name"] = h.name(c) if c >= 0 else ""
-                row[f"{level}_prob"] = round(float(p), 6) if c >= 0 else None
-            out.append(row)
-        return out
+        return prediction_rows(names, nodes, probs, h.level_names, h.nodes, h.names)
 
     def predict_files(
         self,
@@ -247,49 +231,19 @@ class Predictor:
         order of the files. ``on_bad_image="skip"``: an unreadable file gets a row with empty
         predictions and its reason in an ``error`` column (``""`` for the others); ``"raise"``:
         OSError naming the file."""
-        from PIL import Image
-
-        check_choice("on_bad_image", on_bad_image, ("raise", "skip"))
         if self.transform is None:
             raise ValueError("this Predictor has no transform; pass one to read image files")
-        files = list_images(paths)
-        rows: list[dict[str, Any]] = []
-        for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
-            batch, errors = [], {}
-            for i, f in enumerate(chunk):
-                try:
-                    with Image.open(f) as img:
-                        batch.append(self.transform(img.convert("RGB")))
-                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-                    if on_bad_image == "raise":
-                        raise OSError(f"cannot read image {str(f)!r}: {err}") from err
-                    errors[i] = f"{type(err).__name__}: {err}"
-            good = [str(f) for i, f in enumerate(chunk) if i not in errors]
-            done = iter(
-                self.rows(self(torch.stack(batch), decoder, decoder_kwargs), good) if batch else []
-            )
-            for i, f in enumerate(chunk):
-                if i in errors:
-                    rows.append({"image": str(f), "error": errors[i]})
-                else:
-                    rows.append(
-                        next(done) if on_bad_image == "raise" else {**next(done), "error": ""}
-                    )
-        if errors_seen := [r for r in rows if r.get("error")]:
-            columns = next((list(r) for r in rows if not r.get("error")), self._columns())
-            for r in errors_seen:  # the same columns as a good row, empty (probabilities None)
-                error = r.pop("error")
-                r.update({k: None if k.endswith("_prob") else "" for k in columns if k not in r})
-                r["error"] = error
-        return rows
-
-    def _columns(self) -> list[str]:
-        """The keys of a :meth:`rows` row, then ``error``."""
-        keys = ["image", "prediction", "prediction_name", "path"]
-        for level in self.hierarchy.level_names:
-            keys += [level, f"{level}_name", f"{level}_prob"]
-        return [*keys, "error"]
+        transform = self.transform
+        return predict_images(
+            list_images(paths),
+            lambda img: transform(img.convert("RGB")),
+            lambda batch, names: self.rows(
+                self(torch.stack(batch), decoder, decoder_kwargs), names
+            ),
+            row_columns(self.hierarchy.level_names),
+            batch_size,
+            on_bad_image,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -366,28 +320,3 @@ def _build_eval_transform(cfg: dict[str, Any]) -> Callable[[Any], Tensor] | None
     from hmc.data.transforms import build_transforms
 
     return build_transforms(**{**cfg, "train": False})
-
-
-def write_predictions(
-    rows: Sequence[dict[str, Any]], output: str | Path | None, format: str | None = None
-) -> None:
-    """Write rows as CSV or JSON (a list of objects); the format defaults to the file suffix,
-    CSV for stdout (``output`` None or ``"-"``)."""
-    to_stdout = output is None or str(output) == "-"
-    if format is None:
-        format = "json" if not to_stdout and str(output).lower().endswith(".json") else "csv"
-    check_choice("format", format, ("csv", "json"))
-    buf = io.StringIO()
-    if format == "json":
-        json.dump(list(rows), buf, indent=1, ensure_ascii=False)
-        buf.write("\n")
-    else:
-        fields = list(rows[0]) if rows else ["image"]
-        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    if to_stdout:
-        sys.stdout.write(buf.getvalue())
-    else:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(buf.getvalue(), encoding="utf-8")

@@ -336,9 +336,9 @@ PREDICT: list[CliCase] = [
         1,
     ),
     (
-        "predict-onnx-with-skip",
-        lambda e: ["predict", "--model", "m.onnx", str(e.images), "--on_bad_image", "skip"],
-        "on_bad_image",
+        "predict-onnx-with-report",
+        lambda e: ["predict", "--model", "m.onnx", str(e.images), "--report", "r.html"],
+        "need --ckpt_path",
         2,
     ),
 ]

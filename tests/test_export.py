@@ -1,5 +1,6 @@
 """`hmc export` and the torch-free ONNX predictor: round trips for every head on balanced and
-ragged trees, the metadata, parity with the PyTorch Predictor on image files, the errors, and
+ragged trees in both modes (raw outputs decoded in numpy, and decoding in the graph), the
+metadata, parity with the PyTorch Predictor on image files, the errors, `on_bad_image`, and
 `hmc predict --model` / `python -m hmc.onnx_predictor`."""
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from hmc.cli import export_main, predict_main  # noqa: E402
 from hmc.hierarchy import Hierarchy, load_hierarchy  # noqa: E402
 from hmc.onnx_export import ExportError, export, transform_spec  # noqa: E402
 from hmc.onnx_predictor import (  # noqa: E402
+    DECODED_OUTPUTS,
     FORMAT,
     METADATA_KEY,
+    RAW_OUTPUTS,
     ModelMismatchError,
     NotAnHmcModelError,
     OnnxPredictor,
@@ -72,8 +75,10 @@ def write_checkpoint(
     decoder_kwargs: dict | None = None,
     transform: dict | None = None,
     seed: int = 0,
+    **meta: object,
 ) -> Path:
-    """A checkpoint in the format `hmc fit` writes (HMCModule.on_save_checkpoint), untrained."""
+    """A checkpoint in the format `hmc fit` writes (HMCModule.on_save_checkpoint), untrained;
+    ``meta`` overrides entries of its hmc metadata (scores, probabilities, calibration)."""
     from hmc.training import HMCModule
 
     torch.manual_seed(seed)
@@ -90,6 +95,7 @@ def write_checkpoint(
     ckpt = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(ckpt)
     ckpt[METADATA_KEY]["transform"] = transform or {"preset": "small", "image_size": 32}
+    ckpt[METADATA_KEY].update(meta)
     torch.save(ckpt, path)
     return path
 
@@ -113,17 +119,19 @@ def write_images(folder: Path, n: int, seed: int, mode: str = "RGB") -> list[Pat
 
 # ------------------------------------------------------------------- round trips
 # id: (tree, head, the checkpoint's decoder and options, the exported one (None: the
-# checkpoint's), exported with `hmc export` rather than hmc.export). Every head x tree, every
-# decoder, the decoder override and the command line.
+# checkpoint's), exported with `hmc export` rather than hmc.export, decode_in_graph). Every
+# head x tree, every head in both modes, every decoder, the decoder override, the command line.
 CASES = {
-    "hrn-balanced-marginal": (balanced, "hrn", ("marginal", None), None, False),
-    "hrn-ragged-threshold": (ragged, "hrn", ("threshold", {"threshold": 0.3}), None, False),
-    "flat-balanced-argmax": (balanced, "flat", ("argmax", None), None, True),
-    "flat-ragged-map": (ragged, "flat", ("argmax", None), ("map", None), False),
-    "leaf-balanced-threshold": (
-        balanced, "leaf", ("marginal", None), ("threshold", {"threshold": 0.2}), True
+    "hrn-balanced-marginal": (balanced, "hrn", ("marginal", None), None, False, False),
+    "hrn-ragged-threshold": (
+        ragged, "hrn", ("threshold", {"threshold": 0.3}), None, False, True
     ),
-    "leaf-ragged-marginal": (ragged, "leaf", ("marginal", None), None, False),
+    "flat-balanced-argmax": (balanced, "flat", ("argmax", None), None, True, True),
+    "flat-ragged-map": (ragged, "flat", ("argmax", None), ("map", None), False, False),
+    "leaf-balanced-threshold": (
+        balanced, "leaf", ("marginal", None), ("threshold", {"threshold": 0.2}), True, False
+    ),
+    "leaf-ragged-marginal": (ragged, "leaf", ("marginal", None), None, False, True),
 }  # fmt: skip
 
 
@@ -132,7 +140,7 @@ def exported(tmp_path_factory):
     """id -> (checkpoint, onnx file, the torch Predictor it must match); one export each."""
     tmp = tmp_path_factory.mktemp("exported")
     out = {}
-    for i, (case, (tree, head, (dec, kw), override, cli)) in enumerate(CASES.items()):
+    for i, (case, (tree, head, (dec, kw), override, cli, in_graph)) in enumerate(CASES.items()):
         ckpt = write_checkpoint(
             tmp / f"{case}.ckpt", tree(), head=head, decoder=dec, decoder_kwargs=kw, seed=i
         )
@@ -141,9 +149,11 @@ def exported(tmp_path_factory):
         if cli:
             args = ["--ckpt_path", str(ckpt), "--output", str(path)]
             args += ["--decoder", dec, "--decoder_kwargs", json.dumps(kw)] if dec else []
+            args += ["--decode_in_graph", "true"] if in_graph else []
             assert export_main(args) == 0
         else:
-            assert export(ckpt, path, decoder=dec, decoder_kwargs=kw) == path
+            got = export(ckpt, path, decoder=dec, decoder_kwargs=kw, decode_in_graph=in_graph)
+            assert got == path
         out[case] = (ckpt, path, load_model(ckpt, decoder=dec, decoder_kwargs=kw))
     return out
 
@@ -153,6 +163,7 @@ def test_export_round_trip_matches_the_torch_predictor(exported, case):
     _, path, torch_predictor = exported[case]
     onnx.checker.check_model(str(path), full_check=True)
     onnx_predictor = OnnxPredictor(path)
+    assert onnx_predictor.decode_in_graph is CASES[case][5]
     assert onnx_predictor.decoder == torch_predictor.decoder
     assert onnx_predictor.decoder_kwargs == torch_predictor.decoder_kwargs
     for batch in (1, 5):  # the batch axis is dynamic
@@ -175,6 +186,60 @@ def test_exported_threshold_stops_early_like_the_predictor(exported):
     assert (ref == -1).any()
 
 
+RAW_CASES = sorted(case for case, spec in CASES.items() if not spec[5])
+DECODER_CHOICES = [
+    ("argmax", None), ("marginal", None), ("map", None), ("paper", None),
+    ("threshold", None), ("threshold", {"threshold": 0.8}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", RAW_CASES)
+def test_a_raw_file_decodes_with_any_decoder_at_predict_time(exported, case):
+    _, path, torch_predictor = exported[case]
+    onnx_predictor = OnnxPredictor(path)
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2
+    for decoder, kwargs in DECODER_CHOICES:
+        if decoder == "paper" and CASES[case][1] == "flat":
+            with pytest.raises(ValueError, match="decoder 'paper' needs the head's leaf logits"):
+                onnx_predictor(x.numpy(), decoder)
+            continue
+        ref = torch_predictor(x, decoder, kwargs)
+        got = onnx_predictor(x.numpy(), decoder, kwargs)
+        np.testing.assert_array_equal(got.nodes, ref.nodes.numpy(), err_msg=decoder)
+        np.testing.assert_allclose(got.probs, ref.probs.numpy(), atol=1e-4)
+
+
+def test_a_raw_file_carries_the_probability_model_and_calibration(exported, tmp_path):
+    # One raw HRN file, its metadata rewritten to each probability model, scores setting and
+    # a calibration, against a torch Predictor of the same model with the same settings.
+    from hmc.calibration import Calibration
+    from hmc.predict import Predictor
+
+    _, path, torch_predictor = exported["hrn-balanced-marginal"]
+    temperatures = {"node_scores": 0.6, "leaf_logits": 1.7}
+    x = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2
+    for scores, probabilities, temps in [
+        ("sigmoid", "states", temperatures), ("sigmoid", "leafhead", temperatures),
+        ("logits", "product", temperatures), ("logits", "product", {}),
+    ]:  # fmt: skip
+        changed = _rewrite_metadata(
+            path, tmp_path / "m.onnx", scores=scores, probabilities=probabilities,
+            calibration={"temperatures": temps}, decoder="threshold",
+            decoder_kwargs={"threshold": 0.4},
+        )  # fmt: skip
+        onnx_predictor = OnnxPredictor(changed)
+        assert onnx_predictor.temperatures == temps
+        ref_predictor = Predictor(
+            torch_predictor.model, decoder="threshold", decoder_kwargs={"threshold": 0.4},
+            scores=scores, probabilities=probabilities, calibration=Calibration(temps),
+        )  # fmt: skip
+        for decoder, kwargs in [(None, None), *DECODER_CHOICES]:
+            ref = ref_predictor(x, decoder, kwargs)
+            got = onnx_predictor(x.numpy(), decoder, kwargs)
+            np.testing.assert_array_equal(got.nodes, ref.nodes.numpy(), err_msg=str(decoder))
+            np.testing.assert_allclose(got.node_probs, ref.node_probs.numpy(), atol=1e-5)
+
+
 def test_metadata_holds_everything_needed_to_predict(exported):
     _, path, _ = exported["hrn-ragged-threshold"]
     model = onnx.load(str(path))
@@ -187,6 +252,8 @@ def test_metadata_holds_everything_needed_to_predict(exported):
     assert meta["fingerprint"] == h.fingerprint() == hierarchy_fingerprint(meta["hierarchy"])
     assert meta["decoder"] == "threshold" and meta["decoder_kwargs"] == {"threshold": 0.3}
     assert meta["score_kind"] == "states" and meta["scores"] == "logits"  # the HRN default
+    assert meta["probabilities"] == "product" and meta["calibration"] == {"temperatures": {}}
+    assert meta["decode_in_graph"] is True and meta["outputs"] == list(DECODED_OUTPUTS)
     assert meta["model_config"]["backbone"] == "test_resnet"
     assert meta["transform"] == {
         "config": {"preset": "small", "image_size": 32},
@@ -203,6 +270,26 @@ def test_metadata_holds_everything_needed_to_predict(exported):
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
 
 
+@pytest.mark.parametrize(
+    "case, outputs",
+    [("hrn-balanced-marginal", RAW_OUTPUTS), ("flat-ragged-map", RAW_OUTPUTS[:1]),
+     ("leaf-balanced-threshold", RAW_OUTPUTS)],
+)  # fmt: skip
+def test_a_raw_file_outputs_the_heads_raw_outputs(exported, case, outputs):
+    _, path, torch_predictor = exported[case]
+    model = onnx.load(str(path))
+    meta = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    assert meta["decode_in_graph"] is False and meta["outputs"] == list(outputs)
+    assert [o.name for o in model.graph.output] == list(outputs)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    got = OnnxPredictor(path).run(x.numpy())
+    with torch.no_grad():
+        ref = torch_predictor.model(x)
+    np.testing.assert_allclose(got["node_scores"], ref.node_scores.numpy(), atol=1e-4)
+    if "leaf_logits" in outputs:
+        np.testing.assert_allclose(got["leaf_logits"], ref.leaf_logits.numpy(), atol=1e-4)
+
+
 # ------------------------------------------------------------- parity on image files
 def assert_same_rows(onnx_rows, torch_rows, level_names):
     assert len(onnx_rows) == len(torch_rows) > 0
@@ -216,12 +303,18 @@ def assert_same_rows(onnx_rows, torch_rows, level_names):
         assert all(got[level] == ref[level] for level in level_names)
 
 
-def test_parity_on_the_fashion_mnist_demo_model(tmp_path):
+MODES = pytest.mark.parametrize("in_graph", [False, True], ids=["raw", "decode_in_graph"])
+
+
+@MODES
+def test_parity_on_the_fashion_mnist_demo_model(tmp_path, in_graph):
     """The demo's model (resnet10t + HRN, 32 px "small" preset, shipped fashion-mnist tree) on
     grey 28 x 28 PNG files, as Fashion-MNIST images are."""
     h = load_hierarchy("fashion-mnist")
-    ckpt = write_checkpoint(tmp_path / "demo.ckpt", h, backbone="resnet10t", head_kwargs=DEMO_HRN)
-    path = export(ckpt, tmp_path / "demo.onnx")
+    ckpt = write_checkpoint(
+        tmp_path / "demo.ckpt", h, backbone="resnet10t", head_kwargs=DEMO_HRN, decoder="marginal"
+    )
+    path = export(ckpt, tmp_path / "demo.onnx", decode_in_graph=in_graph)
     rng = np.random.default_rng(0)
     folder = tmp_path / "images"
     folder.mkdir()
@@ -233,7 +326,8 @@ def test_parity_on_the_fashion_mnist_demo_model(tmp_path):
     assert_same_rows(onnx_rows, torch_rows, h.level_names)
 
 
-def test_parity_on_a_cub_layout_fixture(tmp_path):
+@MODES
+def test_parity_on_a_cub_layout_fixture(tmp_path, in_graph):
     """The CUB layout's species folders of JPEGs (written over by textured photos of varied
     sizes), timm's ImageNet evaluation transform (bicubic, shorter side, centre crop)."""
     info = make_cub(tmp_path / "cub", train_per_class=0, test_per_class=3)
@@ -251,7 +345,7 @@ def test_parity_on_a_cub_layout_fixture(tmp_path):
     ckpt = write_checkpoint(
         tmp_path / "birds.ckpt", h, head="hrn", decoder="marginal", transform=transform
     )
-    path = export(ckpt, tmp_path / "birds.onnx")
+    path = export(ckpt, tmp_path / "birds.onnx", decode_in_graph=in_graph)
     assert OnnxPredictor(path).transform["resize_mode"] == "shorter"
     images = info["base"] / "images"
     torch_rows = load_model(ckpt).predict_files([images], batch_size=4)
@@ -299,22 +393,16 @@ def test_hierarchy_fingerprint_without_torch_equals_the_hierarchys(name):
     assert hierarchy_fingerprint(h.to_dict()) == h.fingerprint()
 
 
-def test_the_torch_free_file_helpers_agree_with_hmcs(tmp_path, capsys):
+def test_both_predictors_list_images_and_write_rows_with_one_copy():
     import hmc.data
+    import hmc.files
     import hmc.onnx_predictor as op
-    from hmc.predict import write_predictions
+    import hmc.predict
 
-    assert op.IMAGE_SUFFIXES == hmc.data.IMAGE_SUFFIXES
-    for rel in ["b/x.JPG", "a/y.png", "a/z.txt", "a/deep/w.webp", "c.jpeg"]:
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"")
-    given = [tmp_path, tmp_path / "c.jpeg"]
-    assert op.list_images(given) == hmc.data.list_images(given)
-    rows = [{"image": "a.jpg", "order": "x", "order_prob": 0.5, "family": "", "family_prob": None}]
-    for name in ("p.csv", "p.json"):
-        write_predictions(rows, tmp_path / f"torch-{name}")
-        op.write_predictions(rows, tmp_path / f"onnx-{name}")
-        assert (tmp_path / f"onnx-{name}").read_text() == (tmp_path / f"torch-{name}").read_text()
+    for module in (hmc.data, hmc.predict, op):
+        assert module.list_images is hmc.files.list_images
+    assert hmc.predict.write_predictions is op.write_predictions is hmc.files.write_predictions
+    assert hmc.data.IMAGE_SUFFIXES is hmc.files.IMAGE_SUFFIXES
 
 
 # ---------------------------------------------------------------------- torch-free
@@ -328,7 +416,8 @@ class Block(importlib.abc.MetaPathFinder):  # as if torch were not installed
 sys.meta_path.insert(0, Block())
 import hmc.onnx_predictor as op
 p = op.OnnxPredictor(sys.argv[1])
-rows = p.predict_files([sys.argv[2]], batch_size=3)
+assert not p.decode_in_graph  # the rows below come from the numpy decoding
+rows = p.predict_files([sys.argv[2]], batch_size=3, decoder=sys.argv[4])
 op.write_predictions(rows, sys.argv[3])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "networkx", "timm"))
 assert not heavy, heavy
@@ -337,11 +426,11 @@ print(len(rows))
 
 
 def test_onnx_predictor_runs_in_a_process_that_never_imports_torch(exported, tmp_path):
-    _, path, torch_predictor = exported["leaf-ragged-marginal"]
+    _, path, torch_predictor = exported["hrn-balanced-marginal"]
     images = write_images(tmp_path / "img", 5, seed=4)
     out = tmp_path / "p.json"
     run = subprocess.run(
-        [sys.executable, "-c", TORCH_FREE, str(path), str(images[0].parent), str(out)],
+        [sys.executable, "-c", TORCH_FREE, str(path), str(images[0].parent), str(out), "map"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -350,18 +439,30 @@ def test_onnx_predictor_runs_in_a_process_that_never_imports_torch(exported, tmp
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "5"
     rows = json.loads(out.read_text())
-    assert_same_rows(rows, torch_predictor.predict_files([images[0].parent]), ragged().level_names)
+    ref = torch_predictor.predict_files([images[0].parent], decoder="map")
+    assert_same_rows(rows, ref, balanced().level_names)
 
 
 def test_python_m_onnx_predictor_writes_csv(exported, tmp_path):
-    _, path, _ = exported["flat-balanced-argmax"]
+    _, path, torch_predictor = exported["flat-ragged-map"]
     images = write_images(tmp_path / "img", 3, seed=5)
+    (tmp_path / "img" / "broken.png").write_text("not an image")
     out = tmp_path / "p.csv"
     cmd = [sys.executable, "-m", "hmc.onnx_predictor", str(path), str(images[0].parent)]
-    run = subprocess.run([*cmd, "--output", str(out), "--threads", "1"], cwd=ROOT, timeout=300)
-    assert run.returncode == 0
+    cmd += ["--output", str(out), "--threads", "1", "--decoder", "threshold"]
+    cmd += ["--decoder_kwargs", '{"threshold": 0.4}', "--on_bad_image", "skip"]
+    run = subprocess.run(cmd, cwd=ROOT, timeout=300, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "1 of 4 images could not be read" in run.stderr
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 3 and rows[0]["image"] == str(images[0])
+    assert [r["image"] for r in rows] == [str(tmp_path / "img" / "broken.png")] + list(
+        map(str, images)
+    )
+    assert rows[0]["error"].startswith("UnidentifiedImageError") and rows[0]["prediction"] == ""
+    ref = torch_predictor.predict_files(
+        images, decoder="threshold", decoder_kwargs={"threshold": 0.4}
+    )
+    assert [r["path"] for r in rows[1:]] == [r["path"] for r in ref]
 
 
 # --------------------------------------------------------------------------- errors
@@ -414,9 +515,26 @@ def _rewrite_metadata(src: Path, dst: Path, **changes) -> Path:
 
 def test_a_format_version_mismatch_is_named(exported, tmp_path):
     _, path, _ = exported["flat-balanced-argmax"]
-    newer = _rewrite_metadata(path, tmp_path / "v2.onnx", format="hmc-onnx/2", hmc_version="9.0")
-    with pytest.raises(ModelMismatchError, match=r"'hmc-onnx/2'.*hmc 9\.0.*reads 'hmc-onnx/1'"):
+    newer = _rewrite_metadata(path, tmp_path / "v3.onnx", format="hmc-onnx/3", hmc_version="9.0")
+    with pytest.raises(ModelMismatchError, match=r"'hmc-onnx/3'.*hmc 9\.0.*reads 'hmc-onnx/2'"):
         OnnxPredictor(newer)
+
+
+def test_a_format_1_file_reads_as_decoded_in_the_graph(exported, tmp_path):
+    # Format 1 files (before the raw mode) had no decode_in_graph and always decoded inside.
+    _, path, torch_predictor = exported["flat-balanced-argmax"]
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            meta = json.loads(prop.value)
+            for key in ("decode_in_graph", "outputs", "probabilities"):
+                del meta[key]
+            prop.value = json.dumps({**meta, "format": "hmc-onnx/1"})
+    onnx.save(model, str(tmp_path / "v1.onnx"))
+    old = OnnxPredictor(tmp_path / "v1.onnx")
+    assert old.decode_in_graph and old.metadata["format"] == FORMAT
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    np.testing.assert_array_equal(old(x.numpy()).nodes, torch_predictor(x).nodes.numpy())
 
 
 def test_a_hierarchy_mismatch_is_named(exported, tmp_path):
@@ -431,11 +549,45 @@ def test_a_hierarchy_mismatch_is_named(exported, tmp_path):
         OnnxPredictor(bad)
 
 
-def test_asking_for_another_decoder_than_the_exported_one_is_an_error(exported, tmp_path):
+def test_another_decoder_than_the_one_in_the_graph_is_an_error(exported, tmp_path):
     _, path, _ = exported["flat-balanced-argmax"]
     images = write_images(tmp_path / "img", 1, seed=6)
-    with pytest.raises(ValueError, match=r"`hmc export --decoder map`"):
+    with pytest.raises(ValueError, match=r"without --decode_in_graph.*`hmc export --decoder map`"):
         OnnxPredictor(path).predict_files(images, decoder="map")
+    _, path, _ = exported["hrn-ragged-threshold"]
+    with pytest.raises(ValueError, match=r"'threshold' \{'threshold': 0.3\} inside its graph"):
+        OnnxPredictor(path).predict_files(images, decoder_kwargs={"threshold": 0.5})
+    OnnxPredictor(path).predict_files(images)  # its own: allowed
+    OnnxPredictor(path, decoder="threshold").predict_files(images)  # load_model's rule
+    with pytest.raises(ValueError, match="inside its graph"):
+        OnnxPredictor(path, decoder="marginal")
+    with pytest.raises(ValueError, match="Expected argument `decoder` to be one of"):
+        OnnxPredictor(path).predict_files(images, decoder="nope")
+
+
+# ------------------------------------------------------------------- bad images
+@pytest.mark.parametrize("case", ["leaf-balanced-threshold", "hrn-ragged-threshold"])
+def test_on_bad_image_behaves_as_the_torch_predictor(exported, tmp_path, case):
+    _, path, torch_predictor = exported[case]
+    folder = tmp_path / "img"
+    write_images(folder, 4, seed=8)
+    (folder / "img_001.png").write_bytes(b"\x89PNG truncated")  # in the middle of a batch
+    (folder / "zz_empty.jpg").write_bytes(b"")  # alone in the last batch
+    onnx_predictor = OnnxPredictor(path)
+    for kw in ({}, {"on_bad_image": "raise"}):
+        with pytest.raises(OSError, match=r"cannot read image '.*img_001\.png'"):
+            onnx_predictor.predict_files([folder], batch_size=3, **kw)
+    got = onnx_predictor.predict_files([folder], batch_size=3, on_bad_image="skip")
+    ref = torch_predictor.predict_files([folder], batch_size=3, on_bad_image="skip")
+    assert_same_rows(got, ref, CASES[case][0]().level_names)
+    assert [r["image"] for r in got] == [str(p) for p in sorted(folder.iterdir())]
+    bad = [r for r in got if r["error"]]
+    assert [Path(r["image"]).name for r in bad] == ["img_001.png", "zz_empty.jpg"]
+    assert all(r["prediction"] == "" and r["path"] == "" for r in bad)
+    assert all(v is None for r in bad for k, v in r.items() if k.endswith("_prob"))
+    assert all(r["error"] == "" for r in got if r not in bad)
+    with pytest.raises(ValueError, match="`on_bad_image` to be one of"):
+        onnx_predictor.predict_files([folder], on_bad_image="ignore")
 
 
 # ------------------------------------------------------------------------------ cli
@@ -449,6 +601,19 @@ def test_cli_predict_with_model(exported, tmp_path, capsys):
     assert predict_main(["--model", str(path), str(images[0]), "--hierarchy", "cub200"]) == 1
     assert "fingerprint" in capsys.readouterr().err
     assert predict_main([str(images[0])]) == 2  # neither --ckpt_path nor --model
+    (images[0].parent / "bad.png").write_text("not an image")
+    args = ["--model", str(path), str(images[0].parent), "--output", str(pred)]
+    args += ["--decoder", "map", "--on_bad_image", "skip"]
+    assert predict_main(args) == 0
+    assert "hmc predict: 1 of 5 images could not be read" in capsys.readouterr().err
+    rows = json.loads(pred.read_text())
+    ref = torch_predictor.predict_files([images[0].parent], decoder="map", on_bad_image="skip")
+    assert_same_rows(rows, ref, balanced().level_names)
+    args = ["--model", str(path), str(images[0]), "--decoder_kwargs", "{threshold: 0.9}"]
+    assert predict_main(args) == 0  # the file's threshold decoder with another threshold
+    out = capsys.readouterr().out
+    ref = torch_predictor.predict_files(images[:1], decoder_kwargs={"threshold": 0.9})
+    assert next(csv.DictReader(out.splitlines()))["path"] == ref[0]["path"]
     assert predict_main(["--model", str(ckpt), str(images[0])]) == 1  # a .ckpt is not ONNX
     assert "export one with `hmc export`" in capsys.readouterr().err
 

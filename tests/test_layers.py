@@ -21,17 +21,19 @@ ROOT = Path(__file__).resolve().parents[1]
 # at the top of CONTRIBUTING.md.
 MAY_IMPORT: dict[str, set[str]] = {
     "checks": set(),  # argument checks shared by every layer
+    "files": set(),  # image listing and prediction rows: standard library only (no torch)
+    "numpy_decoding": set(),  # hmc.decoding's rules in numpy (no torch)
     "hierarchy": {"checks"},
     "sweeps": {"hierarchy"},
     "losses": {"hierarchy", "sweeps"},
     "decoding": {"hierarchy", "sweeps"},
     "metrics": {"hierarchy", "sweeps", "decoding"},
-    "data": {"hierarchy"},
+    "data": {"hierarchy", "files"},
     "models": {"hierarchy"},
     "calibration": {"hierarchy", "sweeps", "decoding"},
     "cache": {"hierarchy", "data", "models"},
-    "predict": {"hierarchy", "sweeps", "decoding", "calibration", "models", "data"},
-    "onnx_predictor": set(),  # numpy, Pillow and onnxruntime only: no torch, so no hierarchy
+    "predict": {"hierarchy", "sweeps", "decoding", "calibration", "models", "data", "files"},
+    "onnx_predictor": {"files", "numpy_decoding"},  # numpy, Pillow, onnxruntime: no torch
     "onnx_export": {
         "hierarchy",
         "sweeps",

@@ -3,11 +3,11 @@ checks, image listing. Every error names the file (and line) at fault."""
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from hmc.files import IMAGE_SUFFIXES, image_files, list_images  # re-exported: one copy
 from hmc.hierarchy import Hierarchy, UnknownLabelError
 
 __all__ = [
@@ -21,9 +21,6 @@ __all__ = [
     "require",
     "unique_rows",
 ]
-
-#: File suffixes (lower case) read as images by every folder search: datasets and ``hmc predict``.
-IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
 
 # ------------------------------------------------------------------ label lookup
@@ -143,39 +140,3 @@ def unique_rows(
             stacklevel=3,
         )
     return keep
-
-
-# --------------------------------------------------------------------- images
-def image_files(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
-    """Image files below ``folder``, recursively (symlinked folders not followed), sorted."""
-    suffixes = tuple(s.lower() for s in suffixes)
-    out = []
-    for dirpath, _, filenames in os.walk(folder):
-        out.extend(Path(dirpath) / f for f in filenames if f.lower().endswith(suffixes))
-    return sorted(out)
-
-
-def list_images(
-    paths: Iterable[str | Path] | str | Path, suffixes: Sequence[str] = IMAGE_SUFFIXES
-) -> list[Path]:
-    """Image files given directly, or found in folders by :func:`image_files`, in the given
-    order. The one lister behind ``HMCDataModule(predict_paths=...)`` and ``hmc predict``."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    files: list[Path] = []
-    for p in map(Path, paths):
-        p = p.expanduser()
-        if p.is_dir():
-            found = image_files(p, suffixes)
-            if not found:
-                raise FileNotFoundError(
-                    f"folder {str(p)!r} holds no images (looked for {list(suffixes)})"
-                )
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"no such image file or folder: {str(p)!r}")
-    if not files:
-        raise ValueError("Expected at least one image file or folder, but got none")
-    return files
