@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, Sampler, WeightedRandomSampler, default_co
 from hmc.hierarchy import Hierarchy
 
 __all__ = [
+    "EpochIterator",
     "EpochSampler",
     "SeededSamples",
     "SkippedSamplesWarning",
@@ -98,7 +99,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return self.n
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return _EpochIterator(self)
+        return EpochIterator(self.draws, self.current_epoch)
 
     def draws(self, epoch: int) -> list[tuple[int, int]]:
         """Epoch ``epoch``'s ``(index, sample_seed)`` pairs, in order."""
@@ -111,31 +112,36 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return list(zip(order.tolist(), seeds.tolist(), strict=True))
 
 
-class _EpochIterator(Iterator[tuple[int, int]]):
-    """One epoch of an :class:`EpochSampler`; its state (epoch, position) is what torchdata's
-    ``StatefulDataLoader`` saves, so a resumed iterator continues where it stopped. The epoch
-    is read at the first draw (a loader may build its iterator before Lightning's
-    ``set_epoch``) unless a loaded state fixes it."""
+class EpochIterator(Iterator[tuple[int, int]]):
+    """One epoch of ``draws(epoch)`` (a list of ``(index, sample_seed)`` pairs); its state
+    (epoch, position) is what torchdata's ``StatefulDataLoader`` saves, so a resumed iterator
+    continues where it stopped. The epoch is ``current_epoch()`` at the first draw (a loader
+    may build its iterator before Lightning's ``set_epoch``) unless a loaded state fixes it.
+    Serves :class:`EpochSampler` and any sampler that derives its draws from one."""
 
-    def __init__(self, sampler: EpochSampler) -> None:
-        self.sampler, self.yielded = sampler, 0
+    def __init__(
+        self,
+        draws: Callable[[int], list[tuple[int, int]]],
+        current_epoch: Callable[[], int],
+    ) -> None:
+        self._draws_of, self._current_epoch, self.yielded = draws, current_epoch, 0
         self.epoch: int | None = None
         self.draws: list[tuple[int, int]] = []
 
     def __next__(self) -> tuple[int, int]:
         if self.epoch is None:
-            self._start(self.sampler.current_epoch())
+            self._start(self._current_epoch())
         if self.yielded >= len(self.draws):
             raise StopIteration
         self.yielded += 1
         return self.draws[self.yielded - 1]
 
     def _start(self, epoch: int) -> None:
-        self.epoch, self.draws = epoch, self.sampler.draws(epoch)
+        self.epoch, self.draws = epoch, self._draws_of(epoch)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.current_epoch() if self.epoch is None else self.epoch,
-                "yielded": self.yielded}  # fmt: skip
+        epoch = self._current_epoch() if self.epoch is None else self.epoch
+        return {"epoch": epoch, "yielded": self.yielded}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._start(state["epoch"])
