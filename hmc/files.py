@@ -101,7 +101,7 @@ def prediction_rows(
     ``prediction_name``, ``path`` (display names joined by " > "), then per level
     ``<level>`` (id, "" below an early stop), ``<level>_name`` and ``<level>_prob``.
 
-    nodes, probs: [B][D] decoded columns (-1 below a stop) and their probabilities;
+    nodes, probs: B lists of D decoded columns (-1 below a stop) and their probabilities;
     node_ids, node_names: the hierarchy's ids and display names in column order.
     """
     out = []
