@@ -46,11 +46,6 @@ class BadSampleError(RuntimeError):
     """An image that is missing or cannot be decoded."""
 
 
-def as_hierarchy(hierarchy: str | Path | Hierarchy) -> Hierarchy:
-    """A Hierarchy from an object, a shipped name or a path."""
-    return hierarchy if isinstance(hierarchy, Hierarchy) else load_hierarchy(hierarchy)
-
-
 def pil_loader(path: str, decode_size: int | None = None) -> Image.Image:
     """Open and fully decode an image as RGB (decoding errors surface here, not later).
 

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from hmc.checks import check_choice
-from hmc.data._base import SPLITS, ImageFileDataset, as_hierarchy, check_split
+from hmc.data._base import SPLITS, ImageFileDataset, check_split
 from hmc.data._layout import LabelResolver, find_root, read_rows, require, unique_rows
-from hmc.hierarchy import Hierarchy, HierarchyError
+from hmc.hierarchy import Hierarchy, HierarchyError, load_hierarchy
 
 __all__ = ["FGVCAircraft"]
 
@@ -48,7 +48,7 @@ class FGVCAircraft(ImageFileDataset):
     ) -> None:
         check_split(type(self), split, SPLITS)
         check_choice("annotation_level", annotation_level, LEVELS)
-        h = as_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
+        h = load_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
         self.root = base = find_root(root, "fgvc-aircraft-2013b", "data", "FGVCAircraft")
         data = base / "data"
         label_file = f"images_{annotation_level}_{split}.txt"

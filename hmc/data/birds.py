@@ -9,9 +9,9 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 
-from hmc.data._base import ImageFileDataset, as_hierarchy, check_split
+from hmc.data._base import ImageFileDataset, check_split
 from hmc.data._layout import LabelResolver, find_root, read_rows, require, unique_rows
-from hmc.hierarchy import Hierarchy
+from hmc.hierarchy import Hierarchy, load_hierarchy
 
 __all__ = ["CUB200", "NABirds"]
 
@@ -89,7 +89,7 @@ class _VisipediaDataset(ImageFileDataset):
         on_bad_sample: str = "raise",
     ) -> None:
         check_split(type(self), split, SPLITS)
-        hierarchy = as_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
+        hierarchy = load_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
         self.root = root = find_root(root, self._folder, "images.txt", self._name)
         files = ["images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt"]
         files += ["bounding_boxes.txt"] if crop_to_bbox else []

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hmc.data._base import ImageFileDataset, as_hierarchy, check_split
+from hmc.data._base import ImageFileDataset, check_split
 from hmc.data._layout import LabelResolver, find_root, require
-from hmc.hierarchy import Hierarchy
+from hmc.hierarchy import Hierarchy, load_hierarchy
 
 __all__ = ["StanfordCars"]
 
@@ -44,7 +44,7 @@ class StanfordCars(ImageFileDataset):
         import scipy.io  # only this loader needs scipy
 
         check_split(type(self), split, ("trainval", "test"))
-        h = as_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
+        h = load_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
         self.root = base = find_root(root, "stanford_cars", "devkit", "StanfordCars")
         test = split == "test"
         annos = "cars_test_annos_withlabels.mat" if test else "devkit/cars_train_annos.mat"

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmc.data._base import ArrayDataset, as_hierarchy, check_split
+from hmc.data._base import ArrayDataset, check_split
 from hmc.data._layout import LabelResolver, find_root, require
-from hmc.hierarchy import Hierarchy, HierarchyError
+from hmc.hierarchy import Hierarchy, HierarchyError, load_hierarchy
 
 __all__ = ["CIFAR100"]
 
@@ -43,7 +43,7 @@ class CIFAR100(ArrayDataset):
         on_bad_sample: str = "raise",
     ) -> None:
         check_split(type(self), split, ("trainval", "test"))
-        h = as_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
+        h = load_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
         self.root = base = find_root(root, "cifar-100-python", "meta", "CIFAR100")
         file = "test" if split == "test" else "train"
         require(base, ["meta", file], "CIFAR100")

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from hmc.data._base import IGNORE, HierarchicalDataset, ImageFileDataset, as_hierarchy
+from hmc.data._base import IGNORE, HierarchicalDataset, ImageFileDataset
 from hmc.data._layout import IMAGE_SUFFIXES, LabelResolver, image_files, list_images
-from hmc.hierarchy import Hierarchy
+from hmc.hierarchy import Hierarchy, load_hierarchy
 
 __all__ = ["CSVDataset", "HierarchyFolder", "ImagePaths"]
 
@@ -47,7 +47,7 @@ class CSVDataset(ImageFileDataset):
         loader: Callable[[str], Image.Image] | None = None,
         on_bad_sample: str = "raise",
     ) -> None:
-        h = as_hierarchy(hierarchy)
+        h = load_hierarchy(hierarchy)
         self.csv_file = csv_file = Path(csv_file).expanduser()
         if not csv_file.is_file():
             raise FileNotFoundError(f"CSVDataset: {csv_file} not found")
@@ -188,7 +188,7 @@ class HierarchyFolder(ImageFileDataset):
         if hierarchy is None:
             h = self.scan(root, level_names=level_names, suffixes=suffixes, files=files)
         else:
-            h = as_hierarchy(hierarchy)
+            h = load_hierarchy(hierarchy)
         resolve = LabelResolver(h)
         targets = []
         for p in files:
@@ -280,7 +280,7 @@ class ImagePaths(ImageFileDataset):
     ) -> None:
         found = [str(p) for p in list_images(paths, suffixes)]
         super().__init__(
-            as_hierarchy(hierarchy),
+            load_hierarchy(hierarchy),
             found,
             torch.full((len(found),), IGNORE, dtype=torch.long),
             loader=loader,

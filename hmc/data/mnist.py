@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from hmc.data._base import ArrayDataset, as_hierarchy, check_split
+from hmc.data._base import ArrayDataset, check_split
 from hmc.data._layout import LabelResolver
-from hmc.hierarchy import Hierarchy
+from hmc.hierarchy import Hierarchy, load_hierarchy
 
 __all__ = ["FashionMNIST", "DEBIAN_DIR"]
 
@@ -61,7 +61,7 @@ class FashionMNIST(ArrayDataset):
         from torchvision.datasets.mnist import read_image_file, read_label_file
 
         check_split(type(self), split, ("trainval", "test"))
-        h = as_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
+        h = load_hierarchy(self.default_hierarchy(root) if hierarchy is None else hierarchy)
         self.root = Path(root).expanduser()
         self.split = split
         raw = self.raw_folder(self.root)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hmc.hierarchy import Hierarchy
+from hmc.hierarchy import Hierarchy, load_hierarchy
 from hmc.models.backbone import create_backbone
 from hmc.models.heads import HeadOutput, create_head
 
@@ -163,10 +163,7 @@ def build_model(
         >>> m(torch.randn(2, 3, 32, 32)).node_scores.shape
         torch.Size([2, 5])
     """
-    if not isinstance(hierarchy, Hierarchy):
-        from hmc.hierarchy import load_hierarchy
-
-        hierarchy = load_hierarchy(hierarchy)
+    hierarchy = load_hierarchy(hierarchy)
     backbone_kwargs = dict(backbone_kwargs or {})
     head_kwargs = dict(head_kwargs or {})
     net = create_backbone(
