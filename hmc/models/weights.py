@@ -215,6 +215,7 @@ def load_backbone_weights(
 # ------------------------------------------------------------------- efficientnet-lite0
 # Layout of EfficientNet-Lite0 (blocks per stage); the package numbers blocks 0..15 flat.
 _LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+_LITE0_BLOCKS = [(s, i) for s, depth in enumerate(_LITE0_STAGE_DEPTHS) for i in range(depth)]
 _LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
 _LITE0_CLASSIFIER = {"_fc": "classifier"}
 # Block 0 has no expansion: timm's DepthwiseSeparableConv (conv_dw, bn1, conv_pw, bn2).
@@ -258,20 +259,15 @@ def _map_lite0_key(key: str) -> str:
     if m is None or m.group(3) not in _PARAM_SUFFIXES:
         raise KeyError(f"unexpected key {key!r} in the EfficientNet-Lite0 weights file")
     flat, layer, param = int(m.group(1)), m.group(2), m.group(3)
-    stage, index = _lite0_block_position(flat)
+    if flat >= len(_LITE0_BLOCKS):
+        raise KeyError(
+            f"block {flat} is beyond the {len(_LITE0_BLOCKS)} blocks of EfficientNet-Lite0"
+        )
+    stage, index = _LITE0_BLOCKS[flat]
     table = _LITE0_DS_BLOCK if flat == 0 else _LITE0_IR_BLOCK
     if layer not in table:
         raise KeyError(f"unexpected layer {layer!r} in block {flat} of the EfficientNet-Lite0 file")
     return f"blocks.{stage}.{index}.{table[layer]}.{param}"
-
-
-def _lite0_block_position(flat: int) -> tuple[int, int]:
-    start = 0
-    for stage, depth in enumerate(_LITE0_STAGE_DEPTHS):
-        if flat < start + depth:
-            return stage, flat - start
-        start += depth
-    raise KeyError(f"block {flat} is beyond the {start} blocks of EfficientNet-Lite0")
 
 
 def efficientnet_lite0_state_dict(path: str | Path | None = None) -> dict[str, Tensor]:
