@@ -12,7 +12,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from hmc.checks import check_choice
@@ -35,7 +35,7 @@ from hmc.data.transforms import PRESETS
 from hmc.hierarchy import Hierarchy
 from hmc.training.artifacts import resolve_hierarchy
 
-__all__ = ["HMCDataModule"]
+__all__ = ["DistributedEpochSampler", "HMCDataModule"]
 
 NO_RELABEL = RelabelConfig()  # frozen, so sharing the default is safe
 
@@ -236,6 +236,9 @@ class HMCDataModule(pl.LightningDataModule):
         sampler = EpochSampler(
             len(ds), seed=self.order_seed, weights=weights, epoch_of=self._current_epoch
         )
+        shards = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        if shards and shards["num_replicas"] > 1:
+            sampler = DistributedEpochSampler(sampler, shards["num_replicas"], shards["rank"])
         # drop_last in training only: a last batch of one breaks BatchNorm.
         loader = self._loader(
             SeededSamples(ds),
@@ -337,6 +340,67 @@ class HMCDataModule(pl.LightningDataModule):
         train, val = train_val_split(pool, self.val_fraction, self.seed)
         val.transform = self._transform(train=False)
         return train, val
+
+
+class DistributedEpochSampler(DistributedSampler):
+    """One process's share of an :class:`~hmc.data.samplers.EpochSampler` epoch under DDP: the
+    draws ``rank, rank + num_replicas, ...`` of the whole epoch (wrapped around to equal
+    shares, as ``DistributedSampler`` pads), resumable the same way (its iterator's state,
+    epoch and position, is in the loader's state).
+
+    Why: Lightning would rebuild the training loader around its own sampler wrapper, and the
+    rebuilt loader starts the epoch over instead of at the restored position. A
+    ``DistributedSampler`` is kept as it is."""
+
+    def __init__(self, sampler: EpochSampler, num_replicas: int, rank: int) -> None:
+        super().__init__(range(len(sampler)), num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Any:
+        return _ShardIterator(self)
+
+    def shard(self, epoch: int) -> list[tuple[int, int]]:
+        """This process's ``(index, sample_seed)`` pairs of epoch ``epoch``, in order."""
+        draws = self.sampler.draws(epoch)
+        draws += draws[: self.total_size - len(draws)]
+        return draws[self.rank : self.total_size : self.num_replicas]
+
+
+class _ShardIterator:
+    """One epoch of a :class:`DistributedEpochSampler`; the epoch is read at the first draw
+    (a loader may build its iterator before Lightning's ``set_epoch``) unless a loaded state
+    fixes it."""
+
+    def __init__(self, sampler: DistributedEpochSampler) -> None:
+        self.sampler, self.yielded = sampler, 0
+        self.epoch: int | None = None
+        self.draws: list[tuple[int, int]] = []
+
+    def __iter__(self) -> _ShardIterator:
+        return self
+
+    def __next__(self) -> tuple[int, int]:
+        if self.epoch is None:
+            self._start(self.sampler.sampler.current_epoch())
+        if self.yielded >= len(self.draws):
+            raise StopIteration
+        self.yielded += 1
+        return self.draws[self.yielded - 1]
+
+    def _start(self, epoch: int) -> None:
+        self.epoch, self.draws = epoch, self.sampler.shard(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        epoch = self.sampler.sampler.current_epoch() if self.epoch is None else self.epoch
+        return {"epoch": epoch, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._start(state["epoch"])
+        self.yielded = state["yielded"]
 
 
 def _plain(value: Any) -> Any:

@@ -55,6 +55,26 @@ def test_epoch_sampler_weights_draw_only_weighted_samples():
         EpochSampler(5, weights=torch.ones(3))
 
 
+@pytest.mark.parametrize("n", [12, 13])
+def test_distributed_epoch_sampler_shares_the_epoch_and_resumes(n):
+    from hmc.training.datamodule import DistributedEpochSampler
+
+    shards = [DistributedEpochSampler(EpochSampler(n, seed=1), 3, rank) for rank in range(3)]
+    for s in shards:
+        s.set_epoch(2)
+    whole = EpochSampler(n, seed=1).draws(2)
+    got = [list(s) for s in shards]
+    assert {len(g) for g in got} == {-(-n // 3)}  # equal shares, padded by wrapping around
+    assert [d for g in zip(*got, strict=True) for d in g][:n] == whole
+    it = iter(shards[1])
+    head = [next(it), next(it)]
+    state = it.state_dict()
+    shards[1].set_epoch(5)  # a rebuilt loader may see another epoch: the state fixes it
+    again = iter(shards[1])
+    again.load_state_dict(state)
+    assert head + list(again) == got[1]
+
+
 class _Noisy(Dataset):
     """Each item draws from torch, numpy and python's global RNGs (as augmentations do)."""
 
