@@ -505,17 +505,10 @@ def predict_main(argv: Sequence[str]) -> int:
 
 def _write_rows(cfg: Any, rows: list[dict[str, Any]]) -> int:
     """Write ``hmc predict``'s rows and its summary lines (both predictors); exit code 0."""
-    from hmc.files import write_predictions
+    from hmc.files import print_summary, write_predictions
 
     write_predictions(rows, cfg.output, cfg.format)
-    bad = sum(1 for r in rows if r.get("error"))
-    if bad:
-        print(
-            f"hmc predict: {bad} of {len(rows)} images could not be read (rows with an error)",
-            file=sys.stderr,
-        )
-    if cfg.output not in (None, "-"):
-        print(f"hmc predict: {len(rows)} images -> {cfg.output}", file=sys.stderr)
+    print_summary(rows, cfg.output, "hmc predict")
     return 0
 
 

@@ -5,7 +5,7 @@ Standard library only (Pillow is imported where images are opened), so the torch
 predictor can use it: :func:`list_images` (files and folders, searched recursively),
 :func:`predict_images` (batches, ``on_bad_image``, one row per file in input order),
 :func:`prediction_rows` (the row of each decoded sample) and :func:`write_predictions` (CSV or
-JSON).
+JSON), :func:`print_summary` (the lines a command prints after writing them).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ __all__ = [
     "list_images",
     "prediction_rows",
     "predict_images",
+    "print_summary",
     "row_columns",
     "write_predictions",
 ]
@@ -186,3 +187,16 @@ def write_predictions(
     else:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(buf.getvalue(), encoding="utf-8")
+
+
+def print_summary(rows: Sequence[dict[str, Any]], output: str | Path | None, prog: str) -> None:
+    """The stderr lines after writing ``rows``: how many images could not be read (rows with an
+    ``error``), and where the rows went (unless stdout)."""
+    bad = sum(1 for r in rows if r.get("error"))
+    if bad:
+        print(
+            f"{prog}: {bad} of {len(rows)} images could not be read (rows with an error)",
+            file=sys.stderr,
+        )
+    if output not in (None, "-"):
+        print(f"{prog}: {len(rows)} images -> {output}", file=sys.stderr)

@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from hmc.files import list_images, predict_images, prediction_rows, row_columns, write_predictions
+from hmc.files import (
+    ON_BAD_IMAGE,
+    list_images,
+    predict_images,
+    prediction_rows,
+    print_summary,
+    row_columns,
+    write_predictions,
+)
 from hmc.numpy_decoding import DECODERS, Decoded, TreePlan, check_decoder, decode
 
 __all__ = [
@@ -386,7 +394,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--decoder_kwargs", type=json.loads, default=None, help="JSON, e.g. '{\"threshold\": 0.7}'"
     )
-    parser.add_argument("--on_bad_image", choices=["raise", "skip"], default="raise")
+    parser.add_argument(
+        "--on_bad_image",
+        choices=ON_BAD_IMAGE,
+        default="raise",
+        help="skip: an unreadable image gets a row with an `error` column and empty predictions",
+    )
     args = parser.parse_args(argv)
     try:
         predictor = OnnxPredictor(
@@ -401,14 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     write_predictions(rows, args.output, args.format)
-    if bad := sum(1 for r in rows if r.get("error")):
-        print(
-            f"hmc.onnx_predictor: {bad} of {len(rows)} images could not be read (rows with an "
-            "error)",
-            file=sys.stderr,
-        )
-    if args.output not in (None, "-"):
-        print(f"hmc.onnx_predictor: {len(rows)} images -> {args.output}", file=sys.stderr)
+    print_summary(rows, args.output, "hmc.onnx_predictor")
     return 0
 
 

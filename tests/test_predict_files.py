@@ -18,6 +18,7 @@ from hmc.files import (
     list_images,
     predict_images,
     prediction_rows,
+    print_summary,
     row_columns,
     write_predictions,
 )
@@ -97,6 +98,17 @@ def test_csv_and_json_rows(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("image,prediction,")
     with pytest.raises(ValueError, match=r"`format` to be one of \['csv', 'json'\]"):
         write_predictions(rows, tmp_path / "p.xml", "xml")
+
+
+def test_the_summary_counts_the_unreadable_images(capsys):
+    rows = [{"image": "a", "error": ""}, {"image": "b", "error": "OSError: x"}]
+    print_summary(rows, "p.csv", "hmc predict")
+    assert capsys.readouterr().err.splitlines() == [
+        "hmc predict: 1 of 2 images could not be read (rows with an error)",
+        "hmc predict: 2 images -> p.csv",
+    ]
+    print_summary(rows[:1], None, "hmc predict")  # all readable, to stdout: nothing to say
+    assert capsys.readouterr().err == ""
 
 
 def test_listing_errors_are_named(tmp_path):
