@@ -235,13 +235,8 @@ def cam_images(pl_module: Any, images: torch.Tensor, method: str = "gradcam") ->
 
     from hmc.explanations import explain, overlay, to_display
 
-    e = explain(
-        pl_module,
-        images.to(pl_module.device),
-        method=method,
-        decoder=pl_module.hparams.get("decoder"),
-        decoder_kwargs=getattr(pl_module, "decoder_kwargs", None),
-    )
+    # explain() reads the module's decoder, its options and scores itself.
+    e = explain(pl_module, images.to(pl_module.device), method=method)
     h = pl_module.hierarchy
     out = []
     for i, shown in enumerate(to_display(images)):
