@@ -30,7 +30,7 @@ from hmc.data import (
     skip_bad_collate,
     train_val_split,
 )
-from hmc.data.samplers import EpochSampler, SeededSamples
+from hmc.data.samplers import EpochIterator, EpochSampler, SeededSamples
 from hmc.data.transforms import PRESETS
 from hmc.hierarchy import Hierarchy
 from hmc.training.artifacts import resolve_hierarchy
@@ -361,46 +361,13 @@ class DistributedEpochSampler(DistributedSampler):
         self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Any:
-        return _ShardIterator(self)
+        return EpochIterator(self.shard, self.sampler.current_epoch)
 
     def shard(self, epoch: int) -> list[tuple[int, int]]:
         """This process's ``(index, sample_seed)`` pairs of epoch ``epoch``, in order."""
         draws = self.sampler.draws(epoch)
         draws += draws[: self.total_size - len(draws)]
         return draws[self.rank : self.total_size : self.num_replicas]
-
-
-class _ShardIterator:
-    """One epoch of a :class:`DistributedEpochSampler`; the epoch is read at the first draw
-    (a loader may build its iterator before Lightning's ``set_epoch``) unless a loaded state
-    fixes it."""
-
-    def __init__(self, sampler: DistributedEpochSampler) -> None:
-        self.sampler, self.yielded = sampler, 0
-        self.epoch: int | None = None
-        self.draws: list[tuple[int, int]] = []
-
-    def __iter__(self) -> _ShardIterator:
-        return self
-
-    def __next__(self) -> tuple[int, int]:
-        if self.epoch is None:
-            self._start(self.sampler.sampler.current_epoch())
-        if self.yielded >= len(self.draws):
-            raise StopIteration
-        self.yielded += 1
-        return self.draws[self.yielded - 1]
-
-    def _start(self, epoch: int) -> None:
-        self.epoch, self.draws = epoch, self.sampler.shard(epoch)
-
-    def state_dict(self) -> dict[str, int]:
-        epoch = self.sampler.sampler.current_epoch() if self.epoch is None else self.epoch
-        return {"epoch": epoch, "yielded": self.yielded}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._start(state["epoch"])
-        self.yielded = state["yielded"]
 
 
 def _plain(value: Any) -> Any:
