@@ -412,9 +412,7 @@ def _read_nabirds(path: Path) -> nx.DiGraph:
     if orphans and graph.number_of_nodes() > 1:
         graph.remove_nodes_from(orphans)  # ids listed in classes.txt but unused in the tree
     roots = [n for n in graph if graph.in_degree(n) == 0]
-    depth = 0
-    if len(roots) == 1:
-        depth = max(nx.single_source_shortest_path_length(graph, roots[0]).values())
+    depth = nx.dag_longest_path_length(graph) if len(roots) == 1 else 0
     levels = NABIRDS_LEVELS[:depth] if 0 < depth <= len(NABIRDS_LEVELS) else None
     meta = {"name": "nabirds", "source": f"NABirds {classes_file.name} + {hierarchy_file.name}"}
     return _with_meta(graph, levels, meta)

@@ -174,17 +174,16 @@ class Hierarchy:
         """Read a hierarchy file or NABirds folder. ``format`` is one of ``"tree"``, ``"edges"``,
         ``"paths"``, ``"json"``, ``"nabirds"`` (see ``hmc.hierarchy.io``); by default it is
         guessed from the file's name and first line."""
-        graph = io.read_graph(path, format=format)
-        try:
-            return cls.from_networkx(graph)
-        except HierarchyError as e:
-            raise HierarchyError(f"{path}: {e}") from None
+        return cls._from_file_graph(io.read_graph(path, format=format), str(path))
 
     @classmethod
     def from_tree_text(cls, text: str, source: str = "<string>") -> Hierarchy:
         """Parse hmc ``.tree`` text (the format of ``hierarchies/*.tree``); errors say
         ``source:line``."""
-        graph = io.parse_tree(text, source=source)
+        return cls._from_file_graph(io.parse_tree(text, source=source), source)
+
+    @classmethod
+    def _from_file_graph(cls, graph: nx.DiGraph, source: str) -> Hierarchy:
         try:
             return cls.from_networkx(graph)
         except HierarchyError as e:
