@@ -381,9 +381,7 @@ def decode(
     ``decoder_kwargs`` are the decoder's options (:data:`DECODER_OPTIONS`). ``probs`` holds P
     of each chosen node (0 below a stop).
     """
-    options = check_decoder(decoder, decoder_kwargs)
-    check_choice("score_kind", score_kind, SCORE_KINDS)
-    check_choice("scores", scores, SCORES)
+    options = check_decoder(decoder, decoder_kwargs)  # score_kind, scores: node_probabilities
     probabilities = resolve_probabilities(output, score_kind, probabilities)
     s = _node_scores(hierarchy, output)
     with torch.no_grad():
