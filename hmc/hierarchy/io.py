@@ -387,7 +387,7 @@ def _read_nabirds(path: Path) -> nx.DiGraph:
         if cid in graph:
             raise HierarchyError(f"{classes_file}:{lineno}: duplicate id {cid!r}")
         graph.add_node(cid, name=name.strip())
-    parent_line: dict[str, int] = {}
+    edges, lines = [], []
     for lineno, line in enumerate(_lines(hierarchy_file.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
@@ -400,13 +400,9 @@ def _read_nabirds(path: Path) -> nx.DiGraph:
                 raise HierarchyError(
                     f"{hierarchy_file}:{lineno}: class {node!r} is not in {classes_file.name}"
                 )
-        if child in parent_line:
-            raise HierarchyError(
-                f"{hierarchy_file}:{lineno}: node {child!r} has two parents "
-                f"(also on line {parent_line[child]})"
-            )
-        parent_line[child] = lineno
-        graph.add_edge(parent, child)
+        edges.append((parent, child))
+        lines.append(lineno)
+    graph.add_edges_from(graph_from_edges(edges, source=str(hierarchy_file), lines=lines).edges)
     _check_tree(graph, where=str(hierarchy_file))
     orphans = [n for n in graph if graph.degree(n) == 0]
     if orphans and graph.number_of_nodes() > 1:
