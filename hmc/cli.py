@@ -341,16 +341,50 @@ def _drop_zero_flops(record: Any) -> bool:
     return True
 
 
+_RICH_ZERO_FLOPS = re.compile(r"(\x1b\[[0-9;]*m)*Total FLOPs(\x1b\[[0-9;]*m)*: 0\s*")
+
+
+def _rich_summary_without_zero_flops(summarize: Any) -> Any:
+    """RichModelSummary.summarize (Lightning's default summary next to the Rich progress bar)
+    without its "Total FLOPs: 0" line: it prints to the Rich console, not to a logger, so its
+    output is captured and written back without that one line."""
+
+    def quiet(*args: Any, **kwargs: Any) -> None:
+        if kwargs.get("total_flops"):
+            return summarize(*args, **kwargs)
+        from rich import get_console
+
+        console = get_console()
+        with console.capture() as captured:
+            summarize(*args, **kwargs)
+        lines = captured.get().splitlines(keepends=True)
+        console.file.write("".join(x for x in lines if not _RICH_ZERO_FLOPS.fullmatch(x)))
+        console.file.flush()
+
+    quiet.hmc_quiet = True  # type: ignore[attr-defined]
+    return staticmethod(quiet)
+
+
 def _quiet_lightning() -> None:
-    """Filter exactly the known messages above, on the loggers that emit them."""
+    """Filter exactly the known messages above, on the loggers (or console) that emit them."""
     import logging
     import warnings
 
-    # torchdata's StatefulDataLoader calls a deprecated torch API in its constructor.
+    from pytorch_lightning.callbacks import RichModelSummary
+
+    # torchdata's StatefulDataLoader calls a deprecated torch API in its constructor, and
+    # Lightning's pytree helper another one.
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+    warnings.filterwarnings(
+        "ignore",
+        message="`isinstance\\(treespec, LeafSpec\\)` is deprecated",
+        category=FutureWarning,
+    )
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_drop_known_messages)  # a no-op when already there
     logging.getLogger("pytorch_lightning.callbacks.model_summary").addFilter(_drop_zero_flops)
+    if not getattr(RichModelSummary.summarize, "hmc_quiet", False):
+        RichModelSummary.summarize = _rich_summary_without_zero_flops(RichModelSummary.summarize)
 
 
 def run_lightning_cli(args: Sequence[str] | None = None) -> Any:

@@ -38,7 +38,9 @@ class WandbLogger(_LightningWandbLogger):
 
     An offline run is logged under ``<save_dir>/wandb/offline-run-*``: one warning says why,
     checkpoints are not uploaded (``log_model`` is switched off), and :meth:`finalize` prints
-    the ``wandb sync <run dir>`` command that uploads it later.
+    the ``wandb sync <run dir>`` command that uploads it later. W&B's own start and end lines,
+    which say the same, are left out (``wandb.Settings(silent=True)`` for that run, when hmc
+    chooses the settings); W&B's warnings and errors still print.
     """
 
     def __init__(
@@ -106,8 +108,10 @@ class WandbLogger(_LightningWandbLogger):
         init["resume"] = init.get("resume") or "allow"  # LightningCLI passes None
         if init.get("anonymous") is None:
             init.pop("anonymous", None)  # wandb >= 0.2x warns about any value
-        if init.get("settings") is None:  # LightningCLI passes every wandb.init argument
-            init["settings"] = wandb.Settings(init_timeout=self._init_timeout)
+        own_settings = init.get("settings") is None  # LightningCLI passes every init argument
+        if own_settings:
+            offline = init.get("mode") == "offline" or (env or "").lower() in ("offline", "dryrun")
+            init["settings"] = self._settings(offline)
         if self._save_dir:
             os.makedirs(self._save_dir, exist_ok=True)
         try:
@@ -117,6 +121,8 @@ class WandbLogger(_LightningWandbLogger):
                 raise
             self._experiment = None
             init["mode"] = "offline"
+            if own_settings:
+                init["settings"] = self._settings(offline=True)
             reason = f"wandb.init failed ({type(err).__name__}: {err})"
             run = super().experiment
         if run.offline:
@@ -134,6 +140,14 @@ class WandbLogger(_LightningWandbLogger):
         # Set only now: Lightning's getter would export the deprecated WANDB_MODE=dryrun.
         self._offline = bool(run.offline)
         return run
+
+    def _settings(self, offline: bool) -> Any:
+        import wandb
+
+        # An offline run's own start and end lines (offline mode, where the run is saved, how
+        # to sync it) say what hmc's notice says: silent for that run only. W&B's warnings and
+        # errors (wandb.termwarn/termerror) still print; online runs keep their run links.
+        return wandb.Settings(init_timeout=self._init_timeout, silent=offline)
 
     @property
     def offline_reason(self) -> str | None:
