@@ -85,7 +85,8 @@ class HMCDataModule(pl.LightningDataModule):
     Resume is exact: the training loader is torchdata's ``StatefulDataLoader`` over an
     :class:`hmc.data.samplers.EpochSampler` (order and augmentation seeds a function of the
     epoch), so a checkpoint taken mid-epoch resumes at the next batch; and the checkpoint keeps
-    the python, numpy and torch RNG states (``state_dict``), restored on resume.
+    the python, numpy and torch RNG states (``state_dict``), restored on resume. Under DDP each
+    process draws its share of that order (:class:`DistributedEpochSampler`), resumable too.
     """
 
     def __init__(
