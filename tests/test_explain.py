@@ -213,3 +213,20 @@ def test_wandb_sample_table_cams_are_one_captioned_overlay_per_level(tmp_path):
         assert [image._caption for image in row] == captions
     with pytest.raises(ValueError, match="`cam_method`.*'gradcampp'"):
         LogPredictionSamples(cams=True, cam_method="gradcam3")
+
+
+def test_explaining_a_module_applies_its_calibration_temperatures():
+    from hmc import explain
+    from hmc.calibration import Calibration
+    from hmc.training import HMCModule
+
+    torch.manual_seed(0)
+    module = HMCModule(toy(), backbone="test_efficientnet", head_kwargs=HRN_TINY).eval()
+    x = torch.randn(2, 3, 64, 64)
+    raw = explain(module, x)
+    module.calibration = Calibration({"node_scores": 4.0, "leaf_logits": 0.25})
+    calibrated = explain(module, x)
+    decoded = module.decode(module(x))  # the module's own calibrated decoding
+    assert torch.equal(calibrated.nodes, decoded.nodes)
+    assert torch.allclose(calibrated.probs, decoded.probs, atol=1e-6)
+    assert not torch.allclose(calibrated.probs, raw.probs, atol=1e-3)

@@ -275,6 +275,12 @@ class HMCModule(pl.LightningModule):
             **self.decoder_kwargs,
         )
 
+    @property
+    def temperatures(self) -> dict[str, float]:
+        """The calibration temperatures by head output name (empty = uncalibrated), as
+        :attr:`hmc.predict.Predictor.temperatures`, so ``hmc.explain(module)`` applies them."""
+        return dict(self.calibration.temperatures)
+
     def node_log_probs(self, output: Any, temperatures: dict[str, Any] | None = None) -> Tensor:
         """[B, N] log node probabilities of a head output under the module's probability model
         (``temperatures`` default: the module's calibration)."""
