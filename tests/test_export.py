@@ -23,7 +23,7 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))  # the dataset fixtures live there
-from data_fixtures import bird_hierarchy, make_cub  # noqa: E402
+from data_fixtures import make_cub  # noqa: E402
 
 from hmc.cli import export_main, predict_main  # noqa: E402
 from hmc.hierarchy import Hierarchy, load_hierarchy  # noqa: E402
@@ -118,21 +118,37 @@ def write_images(folder: Path, n: int, seed: int, mode: str = "RGB") -> list[Pat
 
 
 # ------------------------------------------------------------------- round trips
+# timm's ImageNet evaluation transform (bicubic, shorter side, centre crop) at 48 px.
+TIMM_48 = {
+    "preset": "imagenet",
+    "image_size": 48,
+    "data_config": {"interpolation": "bicubic", "crop_pct": 0.9},
+}
 # id: (tree, head, the checkpoint's decoder and options, the exported one (None: the
-# checkpoint's), exported with `hmc export` rather than hmc.export, decode_in_graph). Every
-# head x tree, every head in both modes, every decoder, the decoder override, the command line.
+# checkpoint's), exported with `hmc export` rather than hmc.export, decode_in_graph, the
+# evaluation transform (None: "small" 32 px)). Every head x tree, every head in both modes,
+# every decoder, the decoder override, the command line; the two TIMM_48 files also serve
+# test_parity_on_a_cub_layout_fixture (one export per file for the whole module).
 CASES = {
-    "hrn-balanced-marginal": (balanced, "hrn", ("marginal", None), None, False, False),
+    "hrn-balanced-marginal": (balanced, "hrn", ("marginal", None), None, False, False, TIMM_48),
     "hrn-ragged-threshold": (
-        ragged, "hrn", ("threshold", {"threshold": 0.3}), None, False, True
+        ragged, "hrn", ("threshold", {"threshold": 0.3}), None, False, True, None
     ),
-    "flat-balanced-argmax": (balanced, "flat", ("argmax", None), None, True, True),
-    "flat-ragged-map": (ragged, "flat", ("argmax", None), ("map", None), False, False),
+    "flat-balanced-argmax": (balanced, "flat", ("argmax", None), None, True, True, None),
+    "flat-ragged-map": (ragged, "flat", ("argmax", None), ("map", None), False, False, None),
     "leaf-balanced-threshold": (
-        balanced, "leaf", ("marginal", None), ("threshold", {"threshold": 0.2}), True, False
+        balanced, "leaf", ("marginal", None), ("threshold", {"threshold": 0.2}), True, False,
+        None,
     ),
-    "leaf-ragged-marginal": (ragged, "leaf", ("marginal", None), None, False, True),
+    "leaf-ragged-marginal": (ragged, "leaf", ("marginal", None), None, False, True, TIMM_48),
 }  # fmt: skip
+
+
+def images_for(case: str, batch: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    """Random input tensors [batch, 3, S, S] at the crop size S of the case's transform."""
+    size = (CASES[case][6] or {"image_size": 32})["image_size"]
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, size, size, generator=g) * scale
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +156,16 @@ def exported(tmp_path_factory):
     """id -> (checkpoint, onnx file, the torch Predictor it must match); one export each."""
     tmp = tmp_path_factory.mktemp("exported")
     out = {}
-    for i, (case, (tree, head, (dec, kw), override, cli, in_graph)) in enumerate(CASES.items()):
+    for i, (case, spec) in enumerate(CASES.items()):
+        tree, head, (dec, kw), override, cli, in_graph, transform = spec
         ckpt = write_checkpoint(
-            tmp / f"{case}.ckpt", tree(), head=head, decoder=dec, decoder_kwargs=kw, seed=i
+            tmp / f"{case}.ckpt",
+            tree(),
+            head=head,
+            decoder=dec,
+            decoder_kwargs=kw,
+            transform=transform,
+            seed=i,
         )
         path = tmp / f"{case}.onnx"
         dec, kw = override or (None, None)
@@ -167,7 +190,7 @@ def test_export_round_trip_matches_the_torch_predictor(exported, case):
     assert onnx_predictor.decoder == torch_predictor.decoder
     assert onnx_predictor.decoder_kwargs == torch_predictor.decoder_kwargs
     for batch in (1, 5):  # the batch axis is dynamic
-        x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch)) * 2
+        x = images_for(case, batch, seed=batch, scale=2)
         ref = torch_predictor(x)
         got = onnx_predictor(x.numpy())
         assert got.nodes.shape == (batch, torch_predictor.hierarchy.num_levels)
@@ -179,7 +202,7 @@ def test_export_round_trip_matches_the_torch_predictor(exported, case):
 def test_exported_threshold_stops_early_like_the_predictor(exported):
     # A threshold of 0.3 on an untrained HRN leaves some paths short: -1 columns in both.
     _, path, torch_predictor = exported["hrn-ragged-threshold"]
-    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2
+    x = images_for("hrn-ragged-threshold", 64, seed=0, scale=2)
     ref = torch_predictor(x).nodes.numpy()
     got = OnnxPredictor(path)(x.numpy()).nodes
     np.testing.assert_array_equal(got, ref)
@@ -197,7 +220,7 @@ DECODER_CHOICES = [
 def test_a_raw_file_decodes_with_any_decoder_at_predict_time(exported, case):
     _, path, torch_predictor = exported[case]
     onnx_predictor = OnnxPredictor(path)
-    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2
+    x = images_for(case, 16, seed=3, scale=2)
     for decoder, kwargs in DECODER_CHOICES:
         if decoder == "paper" and CASES[case][1] == "flat":
             with pytest.raises(ValueError, match="decoder 'paper' needs the head's leaf logits"):
@@ -217,7 +240,7 @@ def test_a_raw_file_carries_the_probability_model_and_calibration(exported, tmp_
 
     _, path, torch_predictor = exported["hrn-balanced-marginal"]
     temperatures = {"node_scores": 0.6, "leaf_logits": 1.7}
-    x = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2
+    x = images_for("hrn-balanced-marginal", 32, seed=4, scale=2)
     for scores, probabilities, temps in [
         ("sigmoid", "states", temperatures), ("sigmoid", "leafhead", temperatures),
         ("logits", "product", temperatures), ("logits", "product", {}),
@@ -281,7 +304,7 @@ def test_a_raw_file_outputs_the_heads_raw_outputs(exported, case, outputs):
     meta = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
     assert meta["decode_in_graph"] is False and meta["outputs"] == list(outputs)
     assert [o.name for o in model.graph.output] == list(outputs)
-    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = images_for(case, 3, seed=0)
     got = OnnxPredictor(path).run(x.numpy())
     with torch.no_grad():
         ref = torch_predictor.model(x)
@@ -326,31 +349,27 @@ def test_parity_on_the_fashion_mnist_demo_model(tmp_path, in_graph):
     assert_same_rows(onnx_rows, torch_rows, h.level_names)
 
 
-@MODES
-def test_parity_on_a_cub_layout_fixture(tmp_path, in_graph):
+@pytest.mark.parametrize(
+    "case", ["hrn-balanced-marginal", "leaf-ragged-marginal"], ids=["raw", "decode_in_graph"]
+)
+def test_parity_on_a_cub_layout_fixture(exported, tmp_path, case):
     """The CUB layout's species folders of JPEGs (written over by textured photos of varied
-    sizes), timm's ImageNet evaluation transform (bicubic, shorter side, centre crop)."""
+    sizes), timm's ImageNet evaluation transform (bicubic, shorter side, centre crop): an HRN
+    raw file and a leaf head decoding in its graph, both exported with the checkpoint's
+    marginal decoder and TIMM_48."""
+    ckpt, path, torch_predictor = exported[case]
+    assert CASES[case][6] == TIMM_48 and OnnxPredictor(path).decode_in_graph is CASES[case][5]
     info = make_cub(tmp_path / "cub", train_per_class=0, test_per_class=3)
     rng = np.random.default_rng(1)
     for f in sorted((info["base"] / "images").rglob("*.jpg")):
         h, w = int(rng.integers(40, 120)), int(rng.integers(40, 120))
         base = Image.fromarray(rng.integers(0, 256, (5, 5, 3), dtype=np.uint8))
         base.resize((w, h), Image.BICUBIC).save(f, quality=90)
-    transform = {
-        "preset": "imagenet",
-        "image_size": 48,
-        "data_config": {"interpolation": "bicubic", "crop_pct": 0.9},
-    }
-    h = bird_hierarchy()
-    ckpt = write_checkpoint(
-        tmp_path / "birds.ckpt", h, head="hrn", decoder="marginal", transform=transform
-    )
-    path = export(ckpt, tmp_path / "birds.onnx", decode_in_graph=in_graph)
     assert OnnxPredictor(path).transform["resize_mode"] == "shorter"
     images = info["base"] / "images"
     torch_rows = load_model(ckpt).predict_files([images], batch_size=4)
     onnx_rows = OnnxPredictor(path).predict_files([images], batch_size=4)
-    assert_same_rows(onnx_rows, torch_rows, h.level_names)
+    assert_same_rows(onnx_rows, torch_rows, CASES[case][0]().level_names)
 
 
 @pytest.mark.parametrize(
@@ -479,10 +498,15 @@ class _DataDependent(torch.nn.Module):
 
 
 def test_untraceable_model_names_the_module_that_failed(tmp_path):
+    # The search goes down from the modules run directly (the backbone itself is never called,
+    # only its forward_features: its members count as direct) into the stem, passes over
+    # conv1.0 (it exports) and stops at conv1.1, whose only member exports. Early in the
+    # forward pass, so the search exports a few small modules, not the whole backbone.
     ckpt = write_checkpoint(tmp_path / "m.ckpt", balanced(), head="flat")
     predictor = load_model(ckpt)
-    predictor.model.head.classifiers[1] = _DataDependent(predictor.model.head.classifiers[1])
-    with pytest.raises(ExportError, match=r"module 'head\.classifiers\.1' \(_DataDependent\)"):
+    stem = predictor.model.backbone.conv1
+    stem[1] = _DataDependent(stem[1])
+    with pytest.raises(ExportError, match=r"module 'backbone\.conv1\.1' \(_DataDependent\)"):
         export(predictor, tmp_path / "m.onnx")
 
 
@@ -533,7 +557,7 @@ def test_a_format_1_file_reads_as_decoded_in_the_graph(exported, tmp_path):
     onnx.save(model, str(tmp_path / "v1.onnx"))
     old = OnnxPredictor(tmp_path / "v1.onnx")
     assert old.decode_in_graph and old.metadata["format"] == FORMAT
-    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    x = images_for("flat-balanced-argmax", 4, seed=9)
     np.testing.assert_array_equal(old(x.numpy()).nodes, torch_predictor(x).nodes.numpy())
 
 
