@@ -244,6 +244,37 @@ def test_predict_writes_csv_and_json_matching_load_model(trained, tmp_path):
     )
 
 
+def test_onnx_export_of_the_trained_checkpoint_predicts_like_pytorch(trained, tmp_path):
+    """`hmc export` of the trained demo-config checkpoint (raw head outputs, the default) and
+    `hmc predict --model` on Fashion-MNIST-layout PNGs: the same node at every level as `hmc
+    predict --ckpt_path`, probabilities within 1e-4."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    labels = np.arange(CLASSES)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(class_images(labels, rng)):
+        Image.fromarray(img).save(folder / f"{i:02d}.png")
+    onnx = tmp_path / "model.onnx"
+    hmc("export", "--ckpt_path", str(trained["ckpt"]), "--output", str(onnx), cwd=tmp_path)
+    for source, out in (("--ckpt_path", trained["ckpt"]), ("--model", onnx)):
+        hmc("predict", source, str(out), str(folder), "--output",
+            str(tmp_path / f"{source[2:]}.csv"), cwd=tmp_path)  # fmt: skip
+    torch_rows = list(csv.DictReader((tmp_path / "ckpt_path.csv").open()))
+    onnx_rows = list(csv.DictReader((tmp_path / "model.csv").open()))
+    assert len(torch_rows) == CLASSES
+    assert [r["image"] for r in onnx_rows] == [r["image"] for r in torch_rows]
+    for want, got in zip(torch_rows, onnx_rows, strict=True):
+        for level in ("domain", "type", "class"):
+            assert got[level] == want[level]
+            assert float(got[f"{level}_prob"]) == pytest.approx(
+                float(want[f"{level}_prob"]), abs=1e-4
+            )
+    # The outputs depend on the image (12 training steps do not yet separate the classes).
+    assert len({r["class_prob"] for r in torch_rows}) == CLASSES
+
+
 def read_step(path: Path, timeout: float = 30) -> int:
     """global_step of a checkpoint that may still be being written."""
     deadline = time.monotonic() + timeout
