@@ -102,11 +102,16 @@ def markdown(summary: dict[str, Any]) -> str:
     ratios = sorted({e["ratio"] for e in table})
     idx = _index(table)
     rh = " | ".join(f"{r:.0%}" for r in ratios)
+    seeds = [e["seeds"] for e in table]
     sep = "|---" * (len(ratios) + 3) + "|"
     out = [
-        "# Relabel study (issue 12)",
+        f"# Relabel study: {summary.get('regime', 'frozen')} regime",
         "",
         summary["description"] + ".",
+        "",
+        "Seeds per (method, decoder, ratio) cell: "
+        + "–".join(str(n) for n in sorted({min(seeds), max(seeds)}))
+        + " (a cell with fewer seeds than the others is a study still running).",
         "",
         f"Command: `{summary['command']}`",
         "",
