@@ -142,6 +142,8 @@ def decode_cost(args: argparse.Namespace) -> dict:
     from hmc.decoding import DECODERS, decode
     from hmc.hierarchy import Hierarchy
     from hmc.models import build_model
+    from hmc.numpy_decoding import TreePlan
+    from hmc.numpy_decoding import decode as np_decode
 
     torch.set_num_threads(args.threads[0])
     paths, parents = [], [()]
@@ -168,6 +170,19 @@ def decode_cost(args: argparse.Namespace) -> dict:
             sec = (time.perf_counter() - t) / args.decode_repeats
             out[f"decode_{name}_s"] = sec
             out[f"decode_{name}_share"] = sec / (sec + out["forward_s"])
+        # The ONNX predictor's numpy decoding of the same raw outputs (hmc.numpy_decoding).
+        plan = TreePlan(h.to_dict())
+        raw = [head_out.node_scores.numpy(), None]
+        if head_out.leaf_logits is not None:
+            raw[1] = head_out.leaf_logits.numpy()
+        for name in DECODERS:
+            np_decode(plan, *raw, name, score_kind="states", scores="sigmoid")
+            t = time.perf_counter()
+            for _ in range(args.decode_repeats):
+                np_decode(plan, *raw, name, score_kind="states", scores="sigmoid")
+            sec = (time.perf_counter() - t) / args.decode_repeats
+            out[f"numpy_decode_{name}_s"] = sec
+            out[f"numpy_decode_{name}_share"] = sec / (sec + out["forward_s"])
     return out
 
 
