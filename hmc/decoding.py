@@ -40,6 +40,15 @@ from torch import Tensor
 from hmc.checks import check_choice, check_node_scores, upcast_half
 from hmc.hierarchy import Hierarchy
 from hmc.hierarchy.marginals import leaf_to_node_log_probs
+from hmc.numpy_decoding import (
+    DECODER_OPTIONS,
+    DECODERS,
+    DEFAULT_PROBABILITIES,
+    PROBABILITIES,
+    SCORE_KINDS,
+    SCORES,
+    TEMPERATURE_FIELDS,
+)
 from hmc.sweeps import log_conditionals, marginals_from_log_conditionals, path_sums, state_plan
 
 __all__ = [
@@ -58,24 +67,10 @@ __all__ = [
     "node_probabilities",
 ]
 
-SCORE_KINDS = ("states", "level_logits", "leaf_log_probs")
-SCORES = ("sigmoid", "logits")
-# How an HRN ("states") head's output becomes node probabilities (module docstring).
-PROBABILITIES = ("states", "leafhead", "product")
-DEFAULT_PROBABILITIES = "product"
-# Each decoder's options (``decoder_kwargs``) and their defaults.
-DECODER_OPTIONS: dict[str, dict[str, Any]] = {
-    "argmax": {},
-    "marginal": {},
-    "map": {},
-    "threshold": {"threshold": 0.5},
-    "paper": {},
-}
-DECODERS = tuple(DECODER_OPTIONS)
-# Head output fields a temperature may apply to (hmc.calibration).
-TEMPERATURE_FIELDS = ("node_scores", "leaf_logits")
 
-
+# The tables (score kinds, probability models, each decoder's options and defaults, the head
+# outputs a temperature may apply to) have one copy, in the torch-free module that the ONNX
+# predictor shares.
 class Decoded(NamedTuple):
     """nodes: [B, D] long, the column chosen at each level, -1 below an early stop.
     probs: [B, D] float, probability of each chosen node (0 where -1).

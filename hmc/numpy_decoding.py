@@ -32,7 +32,7 @@ __all__ = [
     "resolve_probabilities",
 ]
 
-# Twins of hmc.decoding's tables (that module imports torch); a test checks they are equal.
+# The one copy of the decoding tables; hmc.decoding (which imports torch) takes them from here.
 SCORE_KINDS = ("states", "level_logits", "leaf_log_probs")
 SCORES = ("sigmoid", "logits")
 PROBABILITIES = ("states", "leafhead", "product")

@@ -26,7 +26,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "hierarchy": {"checks"},
     "sweeps": {"hierarchy"},
     "losses": {"hierarchy", "sweeps"},
-    "decoding": {"hierarchy", "sweeps"},
+    "decoding": {"hierarchy", "sweeps", "numpy_decoding"},
     "metrics": {"hierarchy", "sweeps", "decoding"},
     "data": {"hierarchy", "files"},
     "models": {"hierarchy"},

@@ -180,13 +180,7 @@ def test_a_large_tree_decodes_without_an_n_by_n_matrix():
     np.testing.assert_array_equal(got.nodes, ref.nodes.numpy())
 
 
-def test_the_tables_equal_hmc_decodings():
-    assert nd.DECODER_OPTIONS == td.DECODER_OPTIONS
-    assert nd.DECODERS == td.DECODERS
-    assert nd.SCORE_KINDS == td.SCORE_KINDS and nd.SCORES == td.SCORES
-    assert nd.PROBABILITIES == td.PROBABILITIES
-    assert nd.DEFAULT_PROBABILITIES == td.DEFAULT_PROBABILITIES
-    assert nd.TEMPERATURE_FIELDS == td.TEMPERATURE_FIELDS
+def test_check_decoder_fills_defaults_and_names_bad_options_as_hmc_decoding():
     assert nd.check_decoder("threshold") == td.check_decoder("threshold") == {"threshold": 0.5}
     with pytest.raises(ValueError, match=r"decoder_kwargs.*'argmax'.*\['bogus'\]"):
         nd.check_decoder("argmax", {"bogus": 1})
