@@ -699,12 +699,12 @@ def main(argv: list[str] | None = None) -> None:
                         [r for k, rs in done.items() if k[:3] == (training, ratio, 0) for r in rs],
                         len(grid),
                     )
-                    # The configs seed 0 chose for the consistent and the paper's decoders.
+                    # The configs seed 0 chose for argmax (the baselines), marginal and paper.
                     configs = sorted(
                         {
                             (r["lr"], r["wd"])
                             for r in picked
-                            if r["decoder"] in ("marginal", "paper")
+                            if r["decoder"] in ("argmax", "marginal", "paper")
                         }
                     )
                 for lr, wd in configs:
