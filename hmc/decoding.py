@@ -48,6 +48,7 @@ from hmc.numpy_decoding import (
     SCORE_KINDS,
     SCORES,
     TEMPERATURE_FIELDS,
+    check_decoder,
 )
 from hmc.sweeps import log_conditionals, marginals_from_log_conditionals, path_sums, state_plan
 
@@ -79,21 +80,6 @@ class Decoded(NamedTuple):
     nodes: Tensor
     probs: Tensor
     node_probs: Tensor
-
-
-def check_decoder(decoder: str, decoder_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Check a decoder name and its options; return the options with their defaults filled in
-    (e.g. ``check_decoder("threshold") == {"threshold": 0.5}``)."""
-    check_choice("decoder", decoder, DECODERS)
-    allowed = DECODER_OPTIONS[decoder]
-    given = dict(decoder_kwargs or {})
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"Expected `decoder_kwargs` of decoder {decoder!r} to be among {sorted(allowed)}, "
-            f"but got {unknown}"
-        )
-    return {**allowed, **given}
 
 
 def _node_scores(hierarchy: Hierarchy, output: Any) -> Tensor:

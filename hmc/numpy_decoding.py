@@ -66,7 +66,9 @@ def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
 
 
 def check_decoder(decoder: str, decoder_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """:func:`hmc.decoding.check_decoder`: the options with their defaults filled in."""
+    """Check a decoder name and its options; return the options with their defaults filled in
+    (e.g. ``check_decoder("threshold") == {"threshold": 0.5}``). :mod:`hmc.decoding` re-exports
+    it."""
     _check_choice("decoder", decoder, DECODERS)
     allowed = DECODER_OPTIONS[decoder]
     given = dict(decoder_kwargs or {})
