@@ -69,7 +69,9 @@ Every run is evaluated at its last epoch (cosine schedule to 0).
 Outputs (``--out``): ``relabel_study.csv`` (one row per run, method, calibration and decoder),
 ``relabel_study.json`` (config, the selected rows and the aggregated table),
 ``relabel_study.md`` (tables), ``relabel_study.png``. Every finished run is appended to
-``<cache-dir>/runs-<key>.jsonl``, so an interrupted study resumes where it stopped.
+``<cache-dir>/runs-<key>.jsonl``, so an interrupted study resumes where it stopped. The cache
+folder is not committed: on a fresh clone the finished runs are read back from the committed
+``<out>/<stem>.csv`` when its ``<stem>.json`` has the same run key.
 
     python benchmarks/relabel_study.py                               # the frozen regime
     python benchmarks/relabel_study.py --regime finetune             # partial fine-tuning
@@ -660,6 +662,32 @@ def run_key(args: argparse.Namespace, h: Hierarchy) -> str:
     ).hexdigest()[:10]
 
 
+def _csv_value(text: str) -> Any:
+    """One CSV cell back to the type the run log held (int, float, list, bool or str)."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    if text.startswith("["):
+        return json.loads(text)
+    return {"True": True, "False": False}.get(text, text)
+
+
+def runs_from_csv(out: Path, stem: str, key: str) -> list[dict[str, Any]]:
+    """The runs of a committed ``<stem>.csv`` whose ``<stem>.json`` has run key ``key``.
+
+    Empty when either file is missing or the key differs (another budget or hierarchy).
+    """
+    summary, table = out / f"{stem}.json", out / f"{stem}.csv"
+    if not (summary.is_file() and table.is_file()):
+        return []
+    if json.loads(summary.read_text()).get("run_key") != key:
+        return []
+    with open(table, newline="") as f:
+        return [{k: _csv_value(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -668,7 +696,14 @@ def main(argv: list[str] | None = None) -> None:
     tree = Tree(h)
     print(f"{ds}\n{h}; train+val {int((~is_test).sum())}, test {int(is_test.sum())}", flush=True)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    log_path = args.cache_dir / f"runs-{run_key(args, h)}.jsonl"
+    key = run_key(args, h)
+    log_path = args.cache_dir / f"runs-{key}.jsonl"
+    stem = "relabel_study" + ("" if args.regime == "frozen" else f"_{args.regime}")
+    if not log_path.is_file():  # a fresh clone: start from the committed results, if any
+        old = runs_from_csv(args.out, stem, key)
+        if old:
+            log_path.write_text("".join(json.dumps(r) + "\n" for r in old))
+            print(f"resumed {len(old)} rows from {args.out / stem}.csv", flush=True)
     done: dict[tuple, list[dict[str, Any]]] = {}
     if log_path.is_file():
         for line in log_path.read_text().splitlines():
@@ -676,7 +711,6 @@ def main(argv: list[str] | None = None) -> None:
             done.setdefault((r["training"], r["ratio"], r["seed"], r["lr"], r["wd"]), []).append(r)
     grid = list(itertools.product(args.lrs, args.wds))
     feature_seconds = 0.0
-    stem = "relabel_study" + ("" if args.regime == "frozen" else f"_{args.regime}")
     if not args.report_only:
         finetune = args.regime == "finetune"
         feats_np, rest = feature_cache(ds, args, args.freeze if finetune else None)
@@ -752,6 +786,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         + ", the same lr x wd grid for every method, selected on validation",
         regime=args.regime,
+        run_key=key,
         command="python benchmarks/relabel_study.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         hierarchy=repr(h),
