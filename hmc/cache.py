@@ -282,95 +282,62 @@ def write_feature_cache(
     modes = [(m, m.training) for m in frozen.modules()]
     frozen.eval()
     try:
-        return _write(
-            root,
-            key,
-            partial,
-            frozen,
-            images,
-            n,
-            flip_view,
-            batch_size,
-            dtype,
-            progress,
-            loader_kwargs,
-            rank,
-            world,
+        views = 2 if flip_view else 1
+        existing = partial / "features.npy"
+        if existing.exists():  # resuming: the shape is in the file's header
+            shape = tuple(_open_array(existing, "r", None, dtype).shape)
+        else:
+            with torch.no_grad():
+                sample = frozen(images(0)[None])
+            shape = (views, n, *sample.shape[1:])
+        if rank == 0 and not existing.exists():
+            _check_writable(root, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+            partial.mkdir(exist_ok=True)
+            np.lib.format.open_memmap(existing, "w+", dtype=dtype, shape=shape)
+        _barrier()
+        array = _open_array(partial / "features.npy", "r+", shape, dtype)
+        done_file = partial / f"done.rank{rank}-of-{world}.npy"
+        done = np.load(done_file) if done_file.exists() else np.zeros(n, dtype=bool)
+        mine = np.arange(rank, n, world)
+        todo = mine[~done[mine]]
+        count = len(mine) - len(todo)
+        bar = _Progress(len(mine), count, progress and rank == 0)
+        loader = torch.utils.data.DataLoader(
+            _Indexed(images, todo), batch_size=batch_size, shuffle=False, **(loader_kwargs or {})
         )
+        with torch.no_grad():
+            for idx, x in loader:
+                feats = frozen(x)
+                rows = idx.numpy()
+                array[0, rows] = feats.numpy().astype(dtype, copy=False)
+                if flip_view:
+                    array[1, rows] = frozen(x.flip(-1)).numpy().astype(dtype, copy=False)
+                array.flush()
+                done[rows] = True
+                # after the rows are on disk: a resumed pass never skips one
+                _save_atomic(done_file, done)
+                count += len(rows)
+                bar.update(count)
+        bar.update(count, final=True)
+        del array
+        _barrier()
+        if rank == 0:
+            meta = {
+                "format": CACHE_FORMAT,
+                "key": key,
+                "shape": list(shape),
+                "dtype": np.dtype(dtype).name,
+                "views": list(VIEWS[:views]),
+            }
+            (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+            for f in partial.glob("done.rank*.npy"):
+                f.unlink()
+            os.replace(partial, final)  # atomic: readers see a whole cache or none
+        _barrier()
+        return final
     finally:
         for m, training in modes:  # the view shares its modules with the model: restore them
             m.training = training
-
-
-def _write(
-    root,
-    key,
-    partial,
-    frozen,
-    images,
-    n,
-    flip_view,
-    batch_size,
-    dtype,
-    progress,
-    loader_kwargs,
-    rank,
-    world,
-) -> Path:
-    final = root / key
-    views = 2 if flip_view else 1
-    existing = partial / "features.npy"
-    if existing.exists():  # resuming: the shape is in the file's header
-        shape = tuple(_open_array(existing, "r", None, dtype).shape)
-    else:
-        with torch.no_grad():
-            sample = frozen(images(0)[None])
-        shape = (views, n, *sample.shape[1:])
-    if rank == 0 and not existing.exists():
-        _check_writable(root, int(np.prod(shape)) * np.dtype(dtype).itemsize)
-        partial.mkdir(exist_ok=True)
-        np.lib.format.open_memmap(existing, "w+", dtype=dtype, shape=shape)
-    _barrier()
-    array = _open_array(partial / "features.npy", "r+", shape, dtype)
-    done_file = partial / f"done.rank{rank}-of-{world}.npy"
-    done = np.load(done_file) if done_file.exists() else np.zeros(n, dtype=bool)
-    mine = np.arange(rank, n, world)
-    todo = mine[~done[mine]]
-    bar = _Progress(len(mine), len(mine) - len(todo), progress and rank == 0)
-    dataset = _Indexed(images, todo)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, **(loader_kwargs or {})
-    )
-    count = len(mine) - len(todo)
-    with torch.no_grad():
-        for idx, x in loader:
-            feats = frozen(x)
-            rows = idx.numpy()
-            array[0, rows] = feats.numpy().astype(dtype, copy=False)
-            if flip_view:
-                array[1, rows] = frozen(x.flip(-1)).numpy().astype(dtype, copy=False)
-            array.flush()
-            done[rows] = True
-            _save_atomic(done_file, done)  # after the rows are on disk: resume never skips one
-            count += len(rows)
-            bar.update(count)
-    bar.update(count, final=True)
-    del array
-    _barrier()
-    if rank == 0:
-        meta = {
-            "format": CACHE_FORMAT,
-            "key": key,
-            "shape": list(shape),
-            "dtype": np.dtype(dtype).name,
-        }
-        meta["views"] = list(VIEWS[:views])
-        (partial / "meta.json").write_text(json.dumps(meta, indent=1))
-        for f in partial.glob("done.rank*.npy"):
-            f.unlink()
-        os.replace(partial, final)  # atomic: readers see a whole cache or none
-    _barrier()
-    return final
 
 
 class _Indexed(torch.utils.data.Dataset):
