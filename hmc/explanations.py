@@ -347,25 +347,23 @@ def explain_files(
     """``(file, what the model saw, its one-image Explanation)`` for image files and folders
     (searched recursively), read with the predictor's evaluation transform."""
     from hmc.data import list_images
+    from hmc.predict import predict_images  # hmc.files' batch loop (a layer explanations uses)
 
-    if getattr(predictor, "transform", None) is None:
+    transform = getattr(predictor, "transform", None)
+    if transform is None:
         raise ValueError("the predictor has no transform; load it with hmc.load_model")
-    files = list_images(paths)
-    out: list[tuple[Path, Image.Image, Explanation]] = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        batch = []
-        for f in chunk:
-            try:
-                with Image.open(f) as img:
-                    batch.append(predictor.transform(img.convert("RGB")))
-            except OSError as err:
-                raise OSError(f"cannot read image {str(f)!r}: {err}") from err
+
+    def explained(batch: list[Tensor], names: list[str]) -> list[tuple[Path, Image.Image, Any]]:
         x = torch.stack(batch)
         e = explain(predictor, x, **explain_kwargs)
-        for i, (f, shown) in enumerate(zip(chunk, to_display(x, predictor.transform), strict=True)):
-            out.append((f, shown, e.for_image(i)))
-    return out
+        shown = to_display(x, transform)
+        return [
+            (Path(f), s, e.for_image(i)) for i, (f, s) in enumerate(zip(names, shown, strict=True))
+        ]
+
+    return predict_images(
+        list_images(paths), lambda img: transform(img.convert("RGB")), explained, (), batch_size
+    )
 
 
 def strip_titles(hierarchy: Hierarchy, e: Explanation) -> list[str]:
