@@ -166,6 +166,7 @@ class HMCDataModule(pl.LightningDataModule):
         global RNG states (python, numpy, torch) at the moment of saving (plain values, so
         checkpoints load with ``weights_only=True``)."""
         np_state = np.random.get_state(legacy=False)  # noqa: NPY002 (the global one)
+        version, internal, gauss = random.getstate()
         loader = getattr(self.trainer, "train_dataloader", None) if self.trainer else None
         return {
             "order_seed": self.order_seed,
@@ -173,7 +174,7 @@ class HMCDataModule(pl.LightningDataModule):
             # built the loader already (estimated_stepping_batches does): restored here.
             "train_loader": loader.state_dict() if isinstance(loader, StatefulDataLoader) else None,
             "rng": {
-                "python": _plain(random.getstate()),
+                "python": [version, list(internal), gauss],
                 "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(),
                                                  "pos": int(np_state["state"]["pos"])}},
                 "torch": torch.get_rng_state(),
@@ -369,11 +370,6 @@ class DistributedEpochSampler(DistributedSampler):
         draws = self.sampler.draws(epoch)
         draws += draws[: self.total_size - len(draws)]
         return draws[self.rank : self.total_size : self.num_replicas]
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, recursively (python's RNG state as a weights_only-safe value)."""
-    return [_plain(v) for v in value] if isinstance(value, tuple) else value
 
 
 def _default_workers() -> int:
