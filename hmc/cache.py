@@ -395,11 +395,21 @@ class CachedFeatures(torch.utils.data.Dataset):
     With two views (``flip_view``), each read takes the plain or the flipped view at random
     from torch's generator, which data-loader workers seed anew every epoch (and
     ``seed_everything(workers=True)`` makes reproducible).
+
+    ``image_dataset``, when given, is the ``(image [3, H, W], target)`` dataset the features
+    were computed from (its evaluation view), for code that needs the pictures themselves,
+    such as the W&B sample table of :class:`hmc.training.LogPredictionSamples`.
     """
 
     on_bad_sample = "raise"  # a cache holds no undecodable image
 
-    def __init__(self, folder: str | os.PathLike, targets: Tensor) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        targets: Tensor,
+        image_dataset: torch.utils.data.Dataset | None = None,
+    ) -> None:
+        self.image_dataset = image_dataset
         self.array, self.meta = open_feature_cache(folder)
         if len(targets) != self.array.shape[1]:
             raise FeatureCacheError(

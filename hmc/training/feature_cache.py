@@ -105,7 +105,7 @@ class FeatureCache(pl.Callback):
             )
             rank_zero_info(f"hmc: {split} features cached in {folder.resolve()}")
             self.folders[split] = folder
-            setattr(dm, f"{split}_dataset", CachedFeatures(folder, ds.targets))
+            setattr(dm, f"{split}_dataset", CachedFeatures(folder, ds.targets, view))
         # Not a registered submodule: the view shares the model's parameters, and the
         # checkpoint must hold each of them once.
         object.__setattr__(pl_module, "feature_input", rest)

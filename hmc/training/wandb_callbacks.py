@@ -251,13 +251,16 @@ def cam_images(pl_module: Any, images: torch.Tensor, method: str = "gradcam") ->
 def fixed_batch(loaders: Any, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``n`` (image [B, C, H, W], target [B]) samples of the first loader on CPU: evenly spaced
     over a map-style dataset (so a class-sorted dataset still shows several classes), else the
-    first batches. None if the loader does not yield image/target tensors."""
+    first batches. None if the loader does not yield image/target tensors. A loader of cached
+    features (:class:`hmc.cache.CachedFeatures`) gives the images they were computed from."""
     if isinstance(loaders, dict):
         loaders = list(loaders.values())
     loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
     if loader is None:
         return None
     dataset = loader.dataset
+    if getattr(dataset, "image_dataset", None) is not None:  # cached features: the pictures
+        dataset = dataset.image_dataset
     if not isinstance(dataset, torch.utils.data.IterableDataset) and len(dataset) > 0:
         idx = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().long().unique()
         batch = loader.collate_fn([dataset[int(i)] for i in idx])

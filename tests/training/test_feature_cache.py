@@ -6,14 +6,21 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
+import wandb
 from data_fixtures import BIRD_CLASSES, bird_hierarchy, make_cub
 
 from hmc.cache import CachedFeatures
 from hmc.predict import load_model
-from hmc.training import FeatureCache, HMCDataModule, HMCModule
+from hmc.training import (
+    FeatureCache,
+    HMCDataModule,
+    HMCModule,
+    LogPredictionSamples,
+    WandbLogger,
+)
 
 
-def _fit(tmp_path, cache: FeatureCache | None, seed: int = 0):
+def _fit(tmp_path, cache: FeatureCache | None, seed: int = 0, callbacks=(), logger=False):
     pl.seed_everything(seed, workers=True)
     h = bird_hierarchy()
     dm = HMCDataModule(
@@ -25,9 +32,9 @@ def _fit(tmp_path, cache: FeatureCache | None, seed: int = 0):
         scheduler="constant",
     )  # fmt: skip
     trainer = pl.Trainer(
-        default_root_dir=tmp_path / "run", max_epochs=2, accelerator="cpu", logger=False,
+        default_root_dir=tmp_path / "run", max_epochs=2, accelerator="cpu", logger=logger,
         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
-        callbacks=[cache] if cache else [], enable_checkpointing=True,
+        callbacks=([cache] if cache else []) + list(callbacks), enable_checkpointing=True,
     )  # fmt: skip
     trainer.fit(model, datamodule=dm)
     return trainer, model, dm
@@ -95,3 +102,14 @@ def test_feature_cache_needs_a_stage_index(cub, tmp_path):
     )
     with pytest.raises(ValueError, match="set `model.freeze` to the last frozen stage"):
         trainer.fit(model, datamodule=dm)
+
+
+def test_prediction_samples_show_the_images_behind_cached_features(cub, tmp_path, wandb_home):
+    # base.yaml's LogPredictionSamples once fed cached [C, 7, 7] features to the whole model.
+    (tmp_path / "data").symlink_to(cub / "data")
+    samples = LogPredictionSamples(num_samples=4)
+    logger = WandbLogger(project="hmc-test", save_dir=str(wandb_home))
+    _fit(tmp_path, FeatureCache(folder=str(tmp_path / "cache")), callbacks=[samples], logger=logger)
+    wandb.finish()
+    images, targets = samples.batch
+    assert images.shape == (4, 3, 32, 32) and targets.shape == (4,)
