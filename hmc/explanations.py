@@ -347,7 +347,7 @@ def explain_files(
     """``(file, what the model saw, its one-image Explanation)`` for image files and folders
     (searched recursively), read with the predictor's evaluation transform."""
     from hmc.data import list_images
-    from hmc.predict import predict_images  # hmc.files' batch loop (a layer explanations uses)
+    from hmc.files import predict_images  # the one bad-image loop; raise mode: rows are ours
 
     transform = getattr(predictor, "transform", None)
     if transform is None:

@@ -44,7 +44,16 @@ MAY_IMPORT: dict[str, set[str]] = {
         "predict",
         "onnx_predictor",
     },
-    "explanations": {"hierarchy", "sweeps", "decoding", "calibration", "models", "data", "predict"},
+    "explanations": {
+        "hierarchy",
+        "sweeps",
+        "decoding",
+        "calibration",
+        "models",
+        "data",
+        "files",
+        "predict",
+    },
     "report": {"hierarchy", "sweeps", "decoding", "calibration", "models", "data", "predict"},
     "training": {
         "hierarchy",
